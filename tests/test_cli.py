@@ -1,0 +1,58 @@
+"""The ``patnet`` command: convert, its round trip and its one-line errors."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import patnet
+from patnet.cli import main
+
+from conftest import DATA, load_parity
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    assert "convert" in capsys.readouterr().out
+
+
+def test_convert_round_trip(tmp_path, capsys):
+    d = load_parity("tiny_gelu_sp.pt")
+    ours = tmp_path / "t.safetensors"
+    assert main(["convert", str(DATA / "tiny_gelu_sp.pt"), str(ours), "--act", "gelu"]) == 0
+    model = patnet.load_model(ours)
+    with torch.no_grad():
+        err = (model(d["input"]) - d["logits"]).abs().max() / d["logits"].abs().max()
+    assert err < 1e-5
+    back = tmp_path / "back.pth"
+    assert main(["convert", str(ours), str(back), "--to", "official"]) == 0
+    sd = torch.load(back, weights_only=True)["state_dict"]
+    assert set(sd) == set(d["state_dict"])
+    assert all(torch.equal(sd[k], d["state_dict"][k]) for k in sd)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_convert_missing_file_is_one_line(tmp_path, capsys):
+    out = tmp_path / "o.safetensors"
+    assert main(["convert", str(tmp_path / "nope.pth"), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("patnet: error:") and "does not exist" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_convert_bad_checkpoint_leaves_no_file(tmp_path, capsys):
+    sd = dict(load_parity("tiny_relu_nosp.pt")["state_dict"])
+    sd.pop("head.bias")
+    src = tmp_path / "broken.pth"
+    torch.save(sd, src)
+    out = tmp_path / "o.safetensors"
+    assert main(["convert", str(src), str(out), "--act", "relu"]) == 2
+    assert "classifier.bias" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_console_script_installed():
+    res = subprocess.run([sys.executable, "-m", "patnet.cli", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("patnet ")

@@ -1,0 +1,161 @@
+"""Any input size, batch 1, one-pixel maps, the position bias, and clear errors on bad input."""
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import patnet
+from patnet.model import (
+    EuclideanRelPosBias,
+    PartialChannelAttention,
+    PartialSelfAttention,
+    cached_bucket_index,
+    channel_mean_std,
+    euclidean_bucket_index,
+)
+
+
+def _spec_bucket(d2: int) -> int:
+    """The spec's iRPE bucket for squared distance d2, written independently with Python's math."""
+    d = round(math.sqrt(d2))
+    if d <= 20:
+        idx = d
+    else:
+        idx = min(40, round(20 + math.log(d / 20) / math.log(160 / 20) * (40 - 20)))
+    return idx + 40
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (7, 7), (25, 42)])
+def test_bucket_index_matches_spec_formula(hw):
+    h, w = hw
+    idx = euclidean_bucket_index(h, w)
+    assert idx.shape == (h * w, h * w)
+    pos = [(r, c) for r in range(h) for c in range(w)]
+    rng = torch.Generator().manual_seed(0)
+    pairs = torch.randint(0, h * w, (min(4000, (h * w) ** 2), 2), generator=rng).tolist()
+    for i, j in pairs:
+        d2 = (pos[i][0] - pos[j][0]) ** 2 + (pos[i][1] - pos[j][1]) ** 2
+        assert idx[i, j].item() == _spec_bucket(d2), (i, j, d2)
+    assert idx.min() >= 40 and idx.max() <= 80
+
+
+def test_far_distances_use_log_buckets():
+    idx = euclidean_bucket_index(25, 42)  # a 1333 x 800 image's stage-4 map
+    assert idx.max().item() > 40 + 20  # distances beyond alpha reach the compressed buckets
+    assert idx[0, 25 * 42 - 1].item() == _spec_bucket(24 ** 2 + 41 ** 2)
+
+
+def test_bias_is_cached_per_size():
+    rel = EuclideanRelPosBias(4)
+    cached_bucket_index.cache_clear()
+    rel(5, 6)
+    rel(5, 6)
+    rel(6, 5)
+    info = cached_bucket_index.cache_info()
+    assert info.misses == 2 and info.hits == 1
+
+
+def test_mean_std_unbiased_and_one_pixel_defined():
+    x = torch.randn(2, 3, 4, 5)
+    mean, std = channel_mean_std(x)
+    torch.testing.assert_close(mean, x.mean((2, 3)))
+    torch.testing.assert_close(std, x.std((2, 3), unbiased=True))
+    mean1, std1 = channel_mean_std(x[:, :, :1, :1])
+    assert torch.equal(std1, torch.zeros(2, 3)) and torch.equal(mean1, x[:, :, 0, 0])
+
+
+def test_one_pixel_map_gives_finite_output_and_gradients():
+    model = timm.create_model("patnet_t0", num_classes=3)
+    x = torch.randn(2, 3, 32, 32)  # stage 4 sees a 1x1 map
+    model.train()
+    out = model(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(x[:1])).all()
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 160), (100, 75), (33, 47)])
+def test_any_input_size(size):
+    model = timm.create_model("patnet_t1", num_classes=4).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, *size))
+    assert out.shape == (1, 4) and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_detection_sized_input():
+    model = timm.create_model("patnet_t0", features_only=True).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 800, 1333))
+    assert tuple(feats[-1].shape) == (1, 256, 25, 41)
+    assert all(torch.isfinite(f).all() for f in feats)
+
+
+def test_eval_batch_one_equals_batched():
+    model = timm.create_model("patnet_t2", num_classes=4).eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        batched = model(x)
+        single = torch.cat([model(x[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(single, batched, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_and_plain_attention_agree():
+    attn = PartialSelfAttention(64, num_heads=4).eval()
+    torch.nn.init.normal_(attn.rel_pos.bias_table)
+    x = torch.randn(2, 64, 5, 7)
+    with torch.no_grad():
+        attn.fused_attn = True
+        a = attn(x)
+        attn.fused_attn = False
+        b = attn(x)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_channel_gate_matches_spec_equations():
+    """PAT_ch written out from the spec's equations, independent of the module's code path."""
+    m = PartialChannelAttention(16).eval()
+    for bn in (m.gate_bn, m.norm):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.normal_()
+        bn.bias.data.normal_()
+    x = torch.randn(2, 16, 6, 5)
+    x1, x2 = x[:, :4], x[:, 4:]
+    y1 = F.conv2d(x1, m.conv.weight, padding=1)
+    stats = torch.stack([x2.mean((2, 3)), x2.std((2, 3))], -1).unsqueeze(2)
+    z = F.batch_norm(F.conv2d(stats, m.gate_conv.weight), m.gate_bn.running_mean, m.gate_bn.running_var,
+                     m.gate_bn.weight, m.gate_bn.bias, eps=m.gate_bn.eps)
+    g = F.relu6(z + 3) / 6
+    y2 = F.batch_norm(x2 * g, m.norm.running_mean, m.norm.running_var, m.norm.weight, m.norm.bias, eps=m.norm.eps)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), torch.cat([y1, y2], 1))
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((3, 64, 64), r"4-D image batch \(B, 3, H, W\)"),
+        ((1, 1, 64, 64), r"expects 3 input channels"),
+        ((1, 3, 16, 64), r"at least 32"),
+        ((1, 3, 64, 31), r"at least 32"),
+    ],
+)
+def test_bad_input_raises_value_error(shape, match):
+    model = timm.create_model("patnet_t0").eval()
+    features = timm.create_model("patnet_t0", features_only=True).eval()
+    for m in (model, features):
+        with pytest.raises(ValueError, match=match):
+            m(torch.randn(*shape))
+
+
+def test_invalid_constructor_arguments():
+    with pytest.raises(ValueError, match="4 stages"):
+        patnet.PATNet(depths=(1, 2, 3))
+    with pytest.raises(ValueError, match="heads"):
+        patnet.PATNet(embed_dim=16, num_heads=5)
