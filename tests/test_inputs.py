@@ -63,7 +63,23 @@ def test_mean_std_unbiased_and_one_pixel_defined():
     torch.testing.assert_close(mean, x.mean((2, 3)))
     torch.testing.assert_close(std, x.std((2, 3), unbiased=True))
     mean1, std1 = channel_mean_std(x[:, :, :1, :1])
-    assert torch.equal(std1, torch.zeros(2, 3)) and torch.equal(mean1, x[:, :, 0, 0])
+    assert torch.equal(mean1, x[:, :, 0, 0])
+    assert torch.isfinite(std1).all() and std1.max() <= 1e-6
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (2, 3, 4, 4)])
+def test_mean_std_gradients_finite_for_constant_channels(shape):
+    """torch.std gives NaN gradients on a constant channel; the gate must not."""
+    x = torch.randn(*shape)
+    x[0, 0] = 1.5  # a constant channel (and every channel of a 1x1 map is constant)
+    x.requires_grad_(True)
+    mean, std = channel_mean_std(x)
+    (mean.sum() + std.sum()).backward()
+    assert torch.isfinite(x.grad).all()
+    ref = x.detach()[1:, :].clone().requires_grad_(True)  # non-constant rows: the plain formula's gradient
+    if shape[-1] > 1:
+        (ref.mean((2, 3)).sum() + ref.std((2, 3)).sum()).backward()
+        torch.testing.assert_close(x.grad[1:], ref.grad)
 
 
 def test_one_pixel_map_gives_finite_output_and_gradients():

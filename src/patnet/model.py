@@ -71,6 +71,8 @@ __all__ = [
 RPE_ALPHA = 20.0
 RPE_BETA = 40.0
 RPE_GAMMA = 160.0
+# Variance floor of the channel gate's standard deviation: keeps constant channels and 1x1 maps free of NaN.
+STD_MIN_VAR = 1e-12
 # The authors' attention and projection dropout during training.
 ATTN_DROP = 0.1
 PROJ_DROP = 0.1
@@ -101,15 +103,20 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int) -> torch.Te
 
 
 @torch.fx.wrap
-def channel_mean_std(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def channel_mean_std(x: torch.Tensor, min_var: float = STD_MIN_VAR) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-sample, per-channel mean and unbiased (N - 1) standard deviation over the spatial dimensions.
 
-    A 1x1 map has no unbiased spread (0 / 0); its standard deviation is defined as 0 rather than NaN, which is the
-    limit a single observation gives and keeps detection and tiny-input forwards finite.
+    The standard deviation is ``sqrt(max(var, STD_MIN_VAR))``. For any real spread this is the plain unbiased
+    value (the authors' ``torch.std``); for a constant channel, and for a 1x1 map whose unbiased spread is 0 / 0
+    (taken as 0), it is 1e-6 with a zero gradient, where ``torch.std`` gives NaN gradients (and a NaN value on 1x1).
     """
     n = x.shape[2] * x.shape[3]
-    var, mean = torch.var_mean(x, dim=[2, 3], correction=1 if n > 1 else 0)
-    return mean, var.sqrt()
+    flat = x.flatten(2)
+    mean = flat.mean(-1)
+    # Exact two-pass form; on CPU it is ~10x faster than torch.var_mean, whose kernel is slow for these shapes.
+    centred = flat - mean.unsqueeze(-1)
+    var = (centred * centred).sum(-1) / max(n - 1, 1)
+    return mean, var.clamp_min(min_var).sqrt()
 
 
 def euclidean_bucket_index(
