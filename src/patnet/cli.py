@@ -52,8 +52,94 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_convert)
 
 
+def _load_for_export(args: argparse.Namespace):
+    import timm
+
+    from . import model as _model  # noqa: F401  (registers patnet_* with timm)
+
+    if not timm.is_model(args.model):
+        raise ValueError(f"unknown model {args.model!r}; see timm.list_models() (patnet_t0 .. patnet_l, fasternet_t0 ..)")
+    if args.checkpoint is None:
+        return timm.create_model(args.model, num_classes=args.num_classes or 1000)
+    from .io import load_weights
+    from .model import _is_official_layout, _unwrap, checkpoint_filter_fn, load_strict
+
+    sd, cfg = load_weights(args.checkpoint)
+    sd = checkpoint_filter_fn(_unwrap(sd), None)
+    classes = args.num_classes or next((v.shape[0] for k, v in sd.items() if k.endswith("classifier.weight")), 1000)
+    model = timm.create_model(args.model, num_classes=classes)
+    try:
+        load_strict(model, sd)
+    except ValueError as e:
+        raise ValueError(f"checkpoint {args.checkpoint} does not fit {args.model}: {e}") from None
+    return model
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    model = _load_for_export(args)
+    report = export_model(model, args.out, args.format, tuple(args.img_size), args.dynamic_batch, args.opset,
+                          args.tolerance)
+    errs = ", ".join(f"batch {b}: {e:.1e}" for b, e in report.max_rel_error.items())
+    print(f"wrote {report.path} ({args.format}, {args.img_size[0]}x{args.img_size[1]}"
+          f"{', dynamic batch' if args.dynamic_batch else ''}); verified against PyTorch, relative error {errs}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from .export import DEFAULT_TOLERANCE, ONNX_OPSET
+
+    p = sub.add_parser("export", help="export a model's deployment form to ONNX or TorchScript, verified",
+                       description="Fuse the model (BatchNorm folded), export it, run the file and compare it with "
+                                   "PyTorch; beyond tolerance the file is removed and the command fails.")
+    p.add_argument("model", help="registered model name, e.g. patnet_t2 or fasternet_t2")
+    p.add_argument("out", type=Path, help="output file")
+    p.add_argument("--checkpoint", type=Path, help="weights: ours (.safetensors/.pth) or the authors' layout")
+    p.add_argument("--num-classes", type=int, help="classes (default: read from the checkpoint, else 1000)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=[224, 224])
+    p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis (verified at batch 1 and 8)")
+    p.add_argument("--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset (default {ONNX_OPSET})")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help="max |export - pytorch| / max |logit| (default %(default)g)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import _fmt_table, run_benchmark, write_results
+
+    results = run_benchmark(
+        [m.strip() for m in args.models.split(",") if m.strip()], img_size=args.img_size, threads=args.threads,
+        warmup=args.warmup, iters=args.iters, runtime=args.runtime, train_form=not args.no_train_form,
+        gpu=False if args.no_gpu else None,
+    )
+    paths = write_results(results, args.output)
+    print(_fmt_table(results))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="params, FLOPs, CPU latency (and GPU / ONNX Runtime) of any models",
+                       description="Benchmark registered model names by the papers' protocol, hardened: deployment "
+                                   "form, fp32, batch 1, interleaved timing, median and p10-p90, matmul peak.")
+    p.add_argument("--models", default="patnet_t0,fasternet_t0,patnet_t2,fasternet_t2",
+                   help="comma-separated model names (default: %(default)s)")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts (default 1 2)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--iters", type=int, default=200, help="timed forwards per model and thread count")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="onnxruntime: also time the ONNX export in ONNX Runtime")
+    p.add_argument("--no-train-form", action="store_true", help="skip timing PATNet's unfused training form")
+    p.add_argument("--no-gpu", action="store_true", help="skip GPU throughput even if CUDA is present")
+    p.add_argument("--output", type=Path, default=Path("outputs/bench"), help="folder for json/csv/md/png")
+    p.set_defaults(func=_cmd_bench)
+
+
 # Sub-command registrars; later capabilities append theirs here.
-_SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [_add_convert]
+_SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_export, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

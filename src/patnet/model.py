@@ -56,6 +56,9 @@ __all__ = [
     "PatBlock",
     "PatAttnBlock",
     "PatStage",
+    "FusedMlp",
+    "PatBlockDeploy",
+    "PatAttnBlockDeploy",
     "PATNet",
     "VARIANTS",
     "from_official",
@@ -409,6 +412,11 @@ class PatBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.mlp(self.mixer(x)))
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """The inference form (``PatBlockDeploy``): same eval outputs, BatchNorm folded away."""
+        return PatBlockDeploy(self)
+
 
 class PatAttnBlock(nn.Module):
     """Block v2 (stage 4): ``x = x + PAT_sf(x)`` then ``x + DropPath(MLP(x))`` (drop path on the MLP only)."""
@@ -434,6 +442,11 @@ class PatAttnBlock(nn.Module):
         x = x + self.mixer(x)
         return x + self.drop_path(self.mlp(x))
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """The inference form (``PatAttnBlockDeploy``): same eval outputs, BatchNorm folded away."""
+        return PatAttnBlockDeploy(self)
+
 
 class PatStage(nn.Module):
     """A downsample (2x2 stride-2 conv + BN; absent in stage 1) followed by blocks, so stage i is feature level i."""
@@ -449,6 +462,129 @@ class PatStage(nn.Module):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deployment form (``fuse()``): BatchNorm folded, 1x1 convs as batched GEMMs, residual adds fused into them
+# ---------------------------------------------------------------------------------------------------------------
+
+def _conv1x1_matrix(conv: nn.Conv2d) -> torch.Tensor:
+    return conv.weight.detach()[:, :, 0, 0]
+
+
+class FusedMlp(nn.Module):
+    """Inference form of ``x + PatMlp(y)`` with every BatchNorm folded.
+
+    ``fc1`` absorbs the MLP's BN and an optional per-channel affine on the MLP input (PAT_ch's post-gate BN);
+    ``col_scale`` multiplies fc1's input columns per sample, so PAT_ch's channel gate scales a (hidden x C)
+    weight instead of the whole feature map. ``fc2`` is a GEMM with the residual fused in (``baddbmm``). With PAT_sp,
+    its conv half (BN included) is folded into fc2's rows, its gate logit becomes one extra fc2 row, and its
+    post-gate BN scales the gated rows, so PAT_sp costs one output row and one multiply.
+    """
+
+    def __init__(self, mlp: PatMlp, in_affine: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> None:
+        super().__init__()
+        w1 = _conv1x1_matrix(mlp.fc1).clone()  # (hidden, C)
+        b1 = torch.zeros(w1.shape[0], dtype=w1.dtype, device=w1.device)
+        if in_affine is not None:  # y[:, off:] = y_raw[:, off:] * s + t  ->  fold into fc1's columns
+            s, t = in_affine
+            off = w1.shape[1] - s.numel()
+            b1 = b1 + w1[:, off:] @ t
+            w1[:, off:] = w1[:, off:] * s
+        s_n, t_n = _bn_affine(mlp.norm)
+        self.register_buffer("w1", w1 * s_n[:, None])
+        self.register_buffer("b1", (b1 * s_n + t_n)[:, None])
+        self.act = mlp.act
+
+        w2 = _conv1x1_matrix(mlp.fc2)  # (C, hidden)
+        self.dim = w2.shape[0]
+        sp = mlp.spatial
+        if isinstance(sp, PartialSpatialAttention):
+            self.dim_attn = sp.dim_attn
+            s_c, t_c = _bn_affine(sp.attn_norm)  # BN after the gate
+            s_d, t_d = _bn_affine(sp.conv_norm)  # BN before the 1x1 conv
+            wc = _conv1x1_matrix(sp.conv)
+            w_a, w_b = w2[: self.dim_attn], w2[self.dim_attn:]
+            gate_row = _conv1x1_matrix(sp.attn_conv) @ w_a  # (1, hidden): the gate logit straight from h
+            rows = [w_a * s_c[:, None], (wc * s_d[None, :]) @ w_b, gate_row]
+            shift = torch.cat([t_c, wc @ t_d])
+        else:
+            self.dim_attn = 0
+            rows = [w2]
+            shift = torch.zeros(0, dtype=w2.dtype, device=w2.device)
+        self.register_buffer("w2", torch.cat(rows, 0))
+        self.register_buffer("shift", shift[None, :, None])  # (1, C, 1) when PAT_sp is on, else empty
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, col_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x`` residual and ``y`` MLP input, both (B, C, N); ``col_scale`` (B, C) or None. Returns (B, C, N)."""
+        B = y.shape[0]
+        w1 = self.w1.expand(B, -1, -1) if col_scale is None else self.w1 * col_scale[:, None, :]
+        h = self.act(torch.baddbmm(self.b1, w1, y))  # (B, hidden, N)
+        if self.dim_attn == 0:
+            return torch.baddbmm(x, self.w2.expand(B, -1, -1), h)
+        z = torch.bmm(self.w2.expand(B, -1, -1), h)  # (B, C + 1, N): gated rows, conv rows, gate logit
+        za, zb, logit = torch.split(z, [self.dim_attn, self.dim - self.dim_attn, 1], dim=1)
+        return x + torch.cat([za * F.hardsigmoid(logit), zb], dim=1) + self.shift
+
+
+class PatBlockDeploy(nn.Module):
+    """Inference form of ``PatBlock`` (made by ``PatBlock.fuse()``); same outputs, no BatchNorm."""
+
+    def __init__(self, block: PatBlock) -> None:
+        super().__init__()
+        mixer = block.mixer
+        self.dim_conv, self.dim_untouched = mixer.dim_conv, mixer.dim_untouched
+        self.conv = mixer.conv
+        # The (1, 2) conv over [mean, std] is a linear map of the concatenated statistics; fold its BN in.
+        w = mixer.gate_conv.weight.detach()[:, :, 0, :]  # (C2, C2, 2)
+        s_g, t_g = _bn_affine(mixer.gate_bn)
+        self.register_buffer("gate_w", torch.cat([w[..., 0], w[..., 1]], dim=1) * s_g[:, None])
+        self.register_buffer("gate_b", t_g)
+        self.register_buffer("ones", torch.ones(1, self.dim_conv, dtype=w.dtype, device=w.device))
+        self.mlp = FusedMlp(block.mlp, in_affine=_bn_affine(mixer.norm))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        x1, x2 = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
+        mean, std = channel_mean_std(x2)
+        gate = F.hardsigmoid(F.linear(torch.cat([mean, std], dim=1), self.gate_w, self.gate_b))  # (B, C2)
+        y = torch.cat([self.conv(x1), x2], dim=1).flatten(2)
+        col_scale = torch.cat([self.ones.expand(B, -1), gate], dim=1)
+        return self.mlp(x.flatten(2), y, col_scale).view(B, C, H, W)
+
+
+class PatAttnBlockDeploy(nn.Module):
+    """Inference form of ``PatAttnBlock`` (made by ``PatAttnBlock.fuse()``); same outputs, no BatchNorm.
+
+    The LayerNorm's affine is folded into ``qkv`` and attention always runs through
+    ``F.scaled_dot_product_attention`` with the relative-position bias as the additive mask.
+    """
+
+    def __init__(self, block: PatAttnBlock) -> None:
+        super().__init__()
+        m = block.mixer
+        self.dim_conv, self.dim_untouched = m.dim_conv, m.dim_untouched
+        self.num_heads, self.head_dim = m.num_heads, m.head_dim
+        self.eps = m.norm.eps
+        self.conv = m.conv
+        w = m.qkv.weight.detach()
+        self.register_buffer("qkv_w", w * m.norm.weight.detach()[None, :])
+        self.register_buffer("qkv_b", w @ m.norm.bias.detach())
+        self.rel_pos = m.rel_pos
+        self.proj = m.proj
+        self.mlp = FusedMlp(block.mlp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        N = H * W
+        x1, x2 = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
+        tokens = F.layer_norm(x2.flatten(2).transpose(1, 2), [self.dim_untouched], eps=self.eps)  # (B, N, C2)
+        qkv = F.linear(tokens, self.qkv_w, self.qkv_b).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.rel_pos(H, W).to(q.dtype))
+        y2 = self.proj(out.transpose(1, 2).reshape(B, N, self.dim_untouched)).transpose(1, 2)  # (B, C2, N)
+        x = x.flatten(2) + torch.cat([self.conv(x1).flatten(2), y2], dim=1)
+        return self.mlp(x, x).view(B, C, H, W)
 
 
 # ---------------------------------------------------------------------------------------------------------------

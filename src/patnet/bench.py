@@ -1,0 +1,353 @@
+"""Speed benchmark by the protocol of ``shared/guides/benchmarking.md`` (FasterNet's, hardened).
+
+CPU: fp32, batch 1, every model in its deployment form (``patnet.export.deploy_form``: PATNet fused, FasterNet's
+conv+BN pairs folded by torch.fx), ``torch.inference_mode``, warm-up, then single forwards timed with
+``time.perf_counter`` with the models interleaved (A, B, A, B, ...) in one process, for each thread count. Reported:
+median and the 10th-90th percentile spread, and the achieved GFLOP/s (2 x multiply-accumulates per second) next to the
+single-thread peak of a 1024 x 1024 fp32 matmul measured in the same run. PATNet's training form is timed too, so the
+gain of fusion is a number. GPU (when CUDA is present): batch 32 fp32 images/s as in the papers, and the best of
+bf16 autocast + channels_last over a few batch sizes. ``runtime='onnxruntime'`` adds ONNX Runtime latency of the same
+deployment form.
+"""
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .export import deploy_form
+from .flops import count_flops, count_params
+
+__all__ = ["BenchRow", "run_benchmark", "matmul_peak_gflops", "environment", "write_results", "plot_results"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchRow:
+    """Results of one model."""
+
+    model: str
+    params_m: float
+    gflops: float  # multiply-accumulates, norms counted (the papers' "FLOPs")
+    cpu_ms: Dict[str, float] = field(default_factory=dict)  # "1t" / "2t" -> median ms, deployment form
+    cpu_p10_ms: Dict[str, float] = field(default_factory=dict)
+    cpu_p90_ms: Dict[str, float] = field(default_factory=dict)
+    achieved_gflops_per_s: Dict[str, float] = field(default_factory=dict)  # 2 * MACs / median latency
+    train_form_ms: Dict[str, float] = field(default_factory=dict)  # PATNet only: unfused eval model
+    ort_ms: Dict[str, float] = field(default_factory=dict)
+    gpu_fp32_b32_img_s: Optional[float] = None
+    gpu_best_img_s: Optional[float] = None
+    gpu_best_batch: Optional[int] = None
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, int(round(q * (len(v) - 1)))))]
+
+
+def matmul_peak_gflops(threads: int = 1, n: int = 1024, iters: int = 20) -> float:
+    """GFLOP/s of an n x n fp32 matmul (2 n^3 FLOPs), best of ``iters``, at ``threads`` threads."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = math.inf
+    for _ in range(iters):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def environment() -> Dict[str, Any]:
+    """Machine and library versions, for publishing next to the figures."""
+    import timm
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env: Dict[str, Any] = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def _time_interleaved(
+        fns: Dict[str, Callable[[], Any]], warmup: int, iters: int, progress: Optional[Any] = None
+) -> Dict[str, List[float]]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(iters):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+        if progress is not None:
+            progress.update(1)
+    return times
+
+
+def _ort_session(model: nn.Module, img_size: int, threads: int, tmpdir: Path, name: str) -> Callable[[], Any]:
+    import onnxruntime as ort
+
+    from .export import _export_onnx
+
+    path = tmpdir / f"{name}.onnx"
+    x = torch.randn(1, 3, img_size, img_size)
+    with torch.no_grad():
+        model(x)
+        _export_onnx(model, x, path, dynamic_batch=False, opset=18)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    # ORT's pool spins after each run by default, stealing the cores from the next (interleaved) model.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {"input": x.numpy()}
+    return lambda: sess.run(None, feed)
+
+
+def _gpu_throughput(model: nn.Module, img_size: int, batch: int, amp: bool, iters: int = 200) -> float:
+    device = torch.device("cuda")
+    model = model.to(device)
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    if amp:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else torch.autocast("cuda", enabled=False)
+    with torch.inference_mode(), ctx:
+        for _ in range(50):
+            model(x)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(iters):
+            model(x)
+        torch.cuda.synchronize()
+    return batch * iters / (time.perf_counter() - t)
+
+
+def run_benchmark(
+        models: Sequence[str],
+        img_size: int = 224,
+        threads: Sequence[int] = (1, 2),
+        warmup: int = 10,
+        iters: int = 200,
+        runtime: str = "torch",
+        train_form: bool = True,
+        gpu: Optional[bool] = None,
+        show_progress: bool = True,
+) -> Dict[str, Any]:
+    """Benchmark registered timm model names (PATNet's after ``import patnet``); see the module docstring.
+
+    Returns a dict with ``environment``, ``settings``, ``matmul_peak_gflops`` and ``rows`` (one ``BenchRow`` each).
+
+    Raises:
+        ValueError: A model name is not registered.
+        ImportError: ``runtime='onnxruntime'`` without onnxruntime installed.
+    """
+    import timm
+    from tqdm.auto import tqdm
+
+    unknown = [m for m in models if not timm.is_model(m)]
+    if unknown:
+        raise ValueError(f"unknown model name(s) {unknown}; see timm.list_models() (patnet_t0 .. patnet_l, fasternet_t0 ..)")
+    if runtime not in ("torch", "onnxruntime"):
+        raise ValueError(f"unknown runtime {runtime!r}; use 'torch' or 'onnxruntime'")
+    if runtime == "onnxruntime":
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ImportError("onnxruntime is not installed: pip install 'patnet[deploy]'")
+    gpu = torch.cuda.is_available() if gpu is None else gpu
+
+    rows: Dict[str, BenchRow] = {}
+    deployed: Dict[str, nn.Module] = {}
+    training: Dict[str, nn.Module] = {}
+    for name in tqdm(models, desc="building", disable=not show_progress):
+        model = timm.create_model(name).eval()
+        rows[name] = BenchRow(name, round(count_params(model) / 1e6, 3), round(count_flops(model, (img_size, img_size)) / 1e9, 4))
+        deployed[name] = deploy_form(model)
+        if train_form and name.startswith("patnet"):
+            training[name] = model
+
+    x = torch.randn(1, 3, img_size, img_size)
+    peaks: Dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in threads:
+            key = f"{t}t"
+            peaks[key] = round(matmul_peak_gflops(t), 1)
+            torch.set_num_threads(t)
+            fns: Dict[str, Callable[[], Any]] = {}
+            for name, m in deployed.items():
+                fns[name] = (lambda m=m: m(x))
+                if name in training:
+                    fns[f"{name}:train"] = (lambda m=training[name]: m(x))
+            if runtime == "onnxruntime":
+                for name, m in deployed.items():
+                    fns[f"{name}:ort"] = _ort_session(m, img_size, t, Path(tmp), f"{name}_{t}")
+            with torch.inference_mode():
+                bar = tqdm(total=iters, desc=f"CPU {t} thread(s)", disable=not show_progress)
+                times = _time_interleaved(fns, warmup, iters, bar)
+                bar.close()
+            for k, v in times.items():
+                name, _, kind = k.partition(":")
+                ms = [s * 1e3 for s in v]
+                med = statistics.median(ms)
+                row = rows[name]
+                if kind == "":
+                    row.cpu_ms[key] = round(med, 3)
+                    row.cpu_p10_ms[key] = round(_percentile(ms, 0.1), 3)
+                    row.cpu_p90_ms[key] = round(_percentile(ms, 0.9), 3)
+                    row.achieved_gflops_per_s[key] = round(2 * row.gflops / (med / 1e3), 1)
+                elif kind == "train":
+                    row.train_form_ms[key] = round(med, 3)
+                else:
+                    row.ort_ms[key] = round(med, 3)
+
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+        for name, m in tqdm(deployed.items(), desc="GPU", disable=not show_progress):
+            row = rows[name]
+            row.gpu_fp32_b32_img_s = round(_gpu_throughput(m, img_size, 32, amp=False), 1)
+            best = max((_gpu_throughput(m, img_size, b, amp=True), b) for b in (64, 128, 256))
+            row.gpu_best_img_s, row.gpu_best_batch = round(best[0], 1), best[1]
+            m.cpu()
+
+    return {
+        "environment": environment(),
+        "settings": dict(img_size=img_size, threads=list(threads), warmup=warmup, iters=iters, runtime=runtime,
+                         batch=1, dtype="float32", form="deployment (BatchNorm folded)"),
+        "matmul_peak_gflops": peaks,
+        "rows": [asdict(r) for r in rows.values()],
+    }
+
+
+def _fmt_table(results: Dict[str, Any]) -> str:
+    rows = results["rows"]
+    keys = [f"{t}t" for t in results["settings"]["threads"]]
+    head = ["model", "params M", "GFLOPs"]
+    for k in keys:
+        head += [f"ms {k}", f"p10-p90 {k}", f"GFLOP/s {k}"]
+    show_train = any(r["train_form_ms"] for r in rows)
+    if show_train:
+        head += [f"train-form ms {keys[0]}", "fuse speed-up"]
+    if any(r["ort_ms"] for r in rows):
+        head += [f"ORT ms {k}" for k in keys]
+    if any(r["gpu_fp32_b32_img_s"] for r in rows):
+        head += ["GPU fp32 b32 img/s", "GPU best img/s (batch)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], f"{r['params_m']:.2f}", f"{r['gflops']:.3f}"]
+        for k in keys:
+            cells += [f"{r['cpu_ms'][k]:.2f}", f"{r['cpu_p10_ms'][k]:.2f}-{r['cpu_p90_ms'][k]:.2f}",
+                      f"{r['achieved_gflops_per_s'][k]:.1f}"]
+        if show_train:
+            tf = r["train_form_ms"].get(keys[0])
+            cells += [f"{tf:.2f}" if tf else "", f"{tf / r['cpu_ms'][keys[0]]:.2f}x" if tf else ""]
+        if any(h.startswith("ORT") for h in head):
+            cells += [f"{r['ort_ms'][k]:.2f}" for k in keys]
+        if "GPU fp32 b32 img/s" in head:
+            cells += [f"{r['gpu_fp32_b32_img_s']}", f"{r['gpu_best_img_s']} ({r['gpu_best_batch']})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    peaks = ", ".join(f"{k}: {v} GFLOP/s" for k, v in results["matmul_peak_gflops"].items())
+    lines.append("")
+    lines.append(f"fp32 1024x1024 matmul peak in the same run: {peaks}")
+    return "\n".join(lines)
+
+
+def write_results(results: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
+    """Write ``bench.json``, ``bench.csv``, ``bench.md`` (the table) and ``bench.png`` into ``out_dir``."""
+    import csv
+
+    from .io import atomic_path
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {k: out_dir / f"bench.{k}" for k in ("json", "csv", "md", "png")}
+    with atomic_path(paths["json"]) as tmp:
+        tmp.write_text(json.dumps(results, indent=2))
+    flat = []
+    for r in results["rows"]:
+        d = {k: v for k, v in r.items() if not isinstance(v, dict)}
+        for k, v in r.items():
+            if isinstance(v, dict):
+                d.update({f"{k}_{kk}": vv for kk, vv in v.items()})
+        flat.append(d)
+    with atomic_path(paths["csv"]) as tmp:
+        fields = sorted({k for d in flat for k in d}, key=lambda k: (k != "model", k))
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(flat)
+    with atomic_path(paths["md"]) as tmp:
+        env = results["environment"]
+        tmp.write_text(_fmt_table(results) + f"\n\nmachine: {env['cpu']} ({env['logical_cpus']} logical CPUs); "
+                       f"torch {env['torch']}, timm {env['timm']}, python {env['python']}; {env['date']}\n")
+    plot_results(results, paths["png"])
+    return paths
+
+
+def plot_results(results: Dict[str, Any], path: Path) -> Path:
+    """Latency (1 thread) against FLOPs, one line per model family (PATNet, FasterNet, others)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+
+    key = f"{results['settings']['threads'][0]}t"
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    families: Dict[str, List[Dict[str, Any]]] = {}
+    for r in results["rows"]:
+        families.setdefault(r["model"].split("_")[0], []).append(r)
+    for fam, rs in families.items():
+        rs = sorted(rs, key=lambda r: r["gflops"])
+        ax.plot([r["gflops"] for r in rs], [r["cpu_ms"][key] for r in rs], "o-", label=fam)
+        for r in rs:
+            ax.annotate(r["model"].split("_", 1)[-1], (r["gflops"], r["cpu_ms"][key]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("GFLOPs (multiply-accumulates) at 224 px")
+    ax.set_ylabel(f"CPU latency, batch 1, {key[:-1]} thread(s) [ms]")
+    env = results["environment"]
+    ax.set_title(f"Deployment form, {env['cpu'][:40]}\ntorch {env['torch']}, {env['date']}", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,163 @@
+"""Deployment form: fused PATNet equals the training form; exports are verified; bad input fails cleanly."""
+import json
+
+import onnx
+import pytest
+import timm
+import torch
+from timm.utils import reparameterize_model
+
+import patnet
+from patnet.cli import main
+from patnet.export import ExportError, deploy_form, export_model
+from patnet.model import PatAttnBlockDeploy, PatBlockDeploy
+
+from conftest import PARITY_FILES, load_parity
+
+REL_TOL = 1e-5
+
+
+def _rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def _randomise_bn(model):
+    """Random BatchNorm statistics and affines, so folding them is actually tested."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g) * 0.5 + 1)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+        if isinstance(m, patnet.model.EuclideanRelPosBias):
+            m.bias_table.data.normal_(generator=g)
+    return model
+
+
+@pytest.mark.parametrize("name", PARITY_FILES)
+def test_fused_official_model_reproduces_authors_logits(name):
+    d = load_parity(name)
+    model = patnet.from_official(d["state_dict"], act_layer=d["config"]["act_layer"].lower())
+    fused = reparameterize_model(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        assert _rel_err(fused(d["input"]), d["logits"]) < REL_TOL
+
+
+@pytest.mark.parametrize("name", list(patnet.VARIANTS))
+@pytest.mark.parametrize("size", [(64, 64), (96, 160)])
+def test_fusion_equivalence_every_variant(name, size):
+    model = _randomise_bn(timm.create_model(name, num_classes=10)).eval()
+    fused = reparameterize_model(model)
+    blocks = [m for m in fused.modules() if isinstance(m, (PatBlockDeploy, PatAttnBlockDeploy))]
+    assert len(blocks) == sum(model.arch_args["depths"])
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)) for m in fused.modules())
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        assert _rel_err(fused(x), model(x)) < REL_TOL
+        assert _rel_err(fused(x[:1]), model(x[:1])) < REL_TOL
+
+
+def test_fusion_leaves_original_untouched():
+    model = timm.create_model("patnet_t1", num_classes=3).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reparameterize_model(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_fused_features_only_and_fasternet_baseline():
+    feats = timm.create_model("patnet_t0", features_only=True).eval()
+    fused = reparameterize_model(feats)
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        for a, b in zip(fused(x), feats(x)):
+            assert _rel_err(a, b) < REL_TOL
+    fn = timm.create_model("fasternet_t0").eval()
+    folded = deploy_form(fn)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        assert _rel_err(folded(x), fn(x)) < REL_TOL
+
+
+def test_fused_model_scripts():
+    fused = reparameterize_model(timm.create_model("patnet_t1", num_classes=4).eval())
+    scripted = torch.jit.script(fused)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), fused(x))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_verified_dynamic_batch(tmp_path, fmt):
+    model = _randomise_bn(timm.create_model("patnet_t1", num_classes=5))
+    out = tmp_path / f"m.{fmt}"
+    report = export_model(model, out, fmt, img_size=(64, 96), dynamic_batch=True)
+    assert out.is_file() and set(report.max_rel_error) == {1, 8}
+    assert max(report.max_rel_error.values()) < REL_TOL
+    if fmt == "onnx":
+        graph = onnx.load(str(out)).graph
+        ops = {n.op_type for n in graph.node}
+        assert "ScatterND" not in ops  # no in-place slice assignment
+        assert {"Split", "Concat"} <= ops
+        assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_export_failure_leaves_no_file(tmp_path):
+    model = timm.create_model("patnet_t0", num_classes=5)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ExportError, match="does not reproduce"):
+        export_model(model, out, "onnx", img_size=(64, 64), tolerance=-1.0)  # nothing can pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_with_official_checkpoint(tmp_path, capsys):
+    d = load_parity("patnet_t0_official_cfg.pt")
+    ckpt = tmp_path / "t0.pth"
+    torch.save({"state_dict": d["state_dict"]}, ckpt)
+    out = tmp_path / "t0.onnx"
+    assert main(["export", "patnet_t0", str(out), "--checkpoint", str(ckpt), "--img-size", "64", "64"]) == 0
+    assert out.is_file() and "verified" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["export", "patnet_t9", "OUT"], "unknown model"),
+        (["export", "patnet_t1", "OUT", "--checkpoint", "CKPT"], "does not fit patnet_t1"),
+        (["export", "patnet_t0", "/proc/nope/m.onnx"], "cannot create folder"),
+        (["bench", "--models", "patnet_t0,resnet_nope", "--iters", "1"], "unknown model"),
+    ],
+)
+def test_cli_bad_input_one_line(tmp_path, capsys, argv, message):
+    d = load_parity("patnet_t0_official_cfg.pt")
+    torch.save(d["state_dict"], tmp_path / "ckpt.pth")
+    argv = [a.replace("CKPT", str(tmp_path / "ckpt.pth")).replace("OUT", str(tmp_path / "o.onnx")) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("patnet: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_missing_onnxruntime_is_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    assert main(["export", "patnet_t0", str(tmp_path / "m.onnx"), "--img-size", "64", "64"]) == 2
+    assert "onnxruntime is not installed: pip install 'patnet[deploy]'" in capsys.readouterr().err
+
+
+def test_bench_smoke(tmp_path, capsys):
+    """The benchmark program runs end to end (tiny settings; the published figures come from real runs)."""
+    code = main(["bench", "--models", "patnet_t0,fasternet_t0", "--img-size", "64", "--threads", "1", "--iters", "2",
+                 "--warmup", "1", "--runtime", "onnxruntime", "--output", str(tmp_path)])
+    assert code == 0
+    res = json.loads((tmp_path / "bench.json").read_text())
+    rows = {r["model"]: r for r in res["rows"]}
+    assert set(rows) == {"patnet_t0", "fasternet_t0"}
+    assert rows["patnet_t0"]["cpu_ms"]["1t"] > 0 and rows["patnet_t0"]["train_form_ms"]["1t"] > 0
+    assert rows["fasternet_t0"]["ort_ms"]["1t"] > 0 and res["matmul_peak_gflops"]["1t"] > 0
+    assert (tmp_path / "bench.png").stat().st_size > 1000 and (tmp_path / "bench.csv").is_file()
+    assert "| patnet_t0 |" in capsys.readouterr().out
