@@ -15,7 +15,9 @@ __all__ = ["main", "build_parser"]
 _log = logging.getLogger("patnet")
 
 # Errors that mean "the user asked for something that cannot be done": reported in one line.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError, ImportError, KeyError)
+from .errors import PatnetError
+
+USER_ERRORS = (PatnetError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError, ImportError, KeyError)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -138,8 +140,116 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+def _yaml_defaults(parser: argparse.ArgumentParser, argv: List[str]) -> None:
+    """``--config FILE.yaml`` sets defaults (keys as flag names, - or _); flags given on the command line win."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is None:
+        return
+    import yaml
+
+    if not known.config.is_file():
+        raise FileNotFoundError(f"config file {known.config} does not exist")
+    values = yaml.safe_load(known.config.read_text()) or {}
+    dests = {a.dest for a in parser._actions}
+    unknown = [k for k in values if k.replace("-", "_") not in dests]
+    if unknown:
+        raise ValueError(f"config file {known.config} has unknown keys {unknown}")
+    parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from .train import TrainConfig, train
+
+    names = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    cfg.scale = tuple(cfg.scale)
+    metrics = train(cfg)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a classifier (any timm model) on an image folder or IDX data",
+                       description="Train with the paper's recipe by default (AdamW, cosine + warm-up, lr = 0.001 x "
+                                   "batch / 1024, label smoothing, mixup/cutmix, RandAugment, drop path). Works "
+                                   "under torchrun --no-python ... patnet train for DistributedDataParallel.")
+    p.add_argument("--config", type=Path, help="YAML file of defaults (keys are flag names)")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default=d.model, help="registered model name (default %(default)s)")
+    g.add_argument("--data", default=d.data, help="fashion-mnist, mnist, an IDX folder or a train/ + val/ tree")
+    g.add_argument("--img-size", type=int, default=d.img_size, help="train and eval size (default %(default)s)")
+    g.add_argument("--img-size-schedule", help="EPOCH:SIZE,... e.g. 0:192,280:224 (train size per epoch)")
+    g.add_argument("--strict-data", action="store_true", help="stop on an unreadable image instead of skipping it")
+    g.add_argument("--workers", type=int, default=d.workers, help="data loading processes")
+    g = p.add_argument_group("schedule")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default %(default)s)")
+    g.add_argument("--lr", type=float, help="peak lr (default 0.001 x global batch / 1024)")
+    g.add_argument("--warmup-epochs", type=float, help="default 20/300 of --epochs")
+    g.add_argument("--min-lr", type=float)
+    g.add_argument("--max-train-batches", type=int, help="cap the batches of each epoch")
+    g.add_argument("--max-val-batches", type=int, help="cap the validation batches")
+    g = p.add_argument_group("recipe overrides (default: the variant's row of the paper's recipe)")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--mixup", type=float)
+    g.add_argument("--cutmix", type=float)
+    g.add_argument("--smoothing", type=float)
+    g.add_argument("--auto-augment", help="timm RandAugment string, or 'none'")
+    g.add_argument("--scale", type=float, nargs=2, default=list(d.scale), help="random-resized-crop scale range")
+    g.add_argument("--crop-pct", type=float, default=d.crop_pct, help="eval centre-crop fraction")
+    g.add_argument("--drop-path-rate", type=float)
+    g.add_argument("--clip-grad", type=float, help="gradient norm clip (0 disables)")
+    g.add_argument("--model-ema", action="store_true")
+    g.add_argument("--model-ema-decay", type=float, default=d.model_ema_decay)
+    g = p.add_argument_group("runtime and output")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default=d.amp, help="mixed precision (bf16 on CPU)")
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--output", default=d.output, help="folder for checkpoints, logs and metrics.json")
+    g.add_argument("--resume", help="continue from a checkpoint (last.pth) of the same model and classes")
+    g.add_argument("--tensorboard", action="store_true")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .train import validate
+
+    res = validate(args.model, args.data, args.checkpoint, args.img_size, args.batch_size, args.crop_pct,
+                   args.act, args.workers, args.amp, args.output, args.max_val_batches)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="evaluate a checkpoint (ours or the authors') on a val split",
+                       description="Top-1, top-5 and loss of a checkpoint on the val split of --data.")
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--checkpoint", type=Path, required=True, help="best.pth/last.pth, .safetensors or authors' .pth")
+    p.add_argument("--act", choices=["gelu", "relu"], help="activation of an authors' checkpoint, if not the variant's")
+    p.add_argument("--img-size", type=int, default=64)
+    p.add_argument("--crop-pct", type=float, default=0.9)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument("--max-val-batches", type=int)
+    p.add_argument("--output", type=Path, help="write metrics.json here")
+    p.set_defaults(func=_cmd_validate)
+
+
 # Sub-command registrars; later capabilities append theirs here.
-_SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_export, _add_bench]
+_SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
+    _add_convert, _add_export, _add_bench, _add_train, _add_validate,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``patnet`` command."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":
+        try:
+            _yaml_defaults(parser._subparsers._group_actions[0].choices["train"], argv[1:])
+        except (ValueError, FileNotFoundError) as e:
+            print(f"patnet: error: {e}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s",

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .errors import PatnetError
 from .io import atomic_path, check_writable
 
 __all__ = ["deploy_form", "export_model", "ExportReport", "ExportError", "ONNX_OPSET"]
@@ -30,7 +31,7 @@ ONNX_OPSET = 18
 DEFAULT_TOLERANCE = 1e-5
 
 
-class ExportError(RuntimeError):
+class ExportError(PatnetError):
     """The exported file does not reproduce the PyTorch model."""
 
 

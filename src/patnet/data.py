@@ -1,0 +1,267 @@
+"""Classification data: MNIST-family IDX files and image-folder trees, with timm's transforms.
+
+``--data`` accepts:
+
+* ``fashion-mnist`` / ``mnist``: the IDX files of Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/
+  fashion-mnist``) or of ``$PATNET_DATA/<name>``;
+* a folder holding the four standard IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each raw or ``.gz``);
+* a folder with ``train/`` and ``val/`` trees of class folders (timm / torchvision ``ImageFolder`` layout).
+
+Grey images become 3-channel RGB; every image is resized by the transform to ``img_size``. An unreadable image is
+skipped (logged with its path and counted) unless ``strict`` is set, so a bad file never ends an epoch.
+"""
+import gzip
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = [
+    "IdxDataset",
+    "ImageFolderDataset",
+    "DatasetInfo",
+    "resolve_dataset",
+    "build_transform",
+    "collate_skip_bad",
+    "read_idx",
+    "write_idx",
+    "KNOWN_IDX_DATASETS",
+]
+
+_log = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+KNOWN_IDX_DATASETS = {
+    "fashion-mnist": ["/usr/share/datasets/fashion-mnist"],
+    "mnist": ["/usr/share/datasets/mnist"],
+}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (raw or gzip) into a numpy array; a clear error if the file is not IDX."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"cannot read IDX file {path}: {e}") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    expected = int(np.prod(shape))
+    payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if payload.size != expected:
+        raise ValueError(f"{path} is truncated: header says {shape} ({expected} bytes), found {payload.size}")
+    return payload.reshape(shape)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as IDX (gzip if the name ends in .gz); for generated test data."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def _find_idx(root: Path, stem: str) -> Optional[Path]:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+class IdxDataset(Dataset):
+    """An MNIST-family split (images N x H x W uint8 + labels N) as RGB PIL images."""
+
+    def __init__(self, root: Path, split: str = "train", transform: Optional[Callable] = None) -> None:
+        images_stem, labels_stem = IDX_FILES[split]
+        images_path, labels_path = _find_idx(root, images_stem), _find_idx(root, labels_stem)
+        if images_path is None or labels_path is None:
+            raise FileNotFoundError(f"{root} lacks {images_stem}[.gz] / {labels_stem}[.gz] (MNIST-format IDX files)")
+        self.images = read_idx(images_path)
+        self.labels = read_idx(labels_path).astype(np.int64)
+        if self.images.ndim != 3 or len(self.images) != len(self.labels):
+            raise ValueError(f"{images_path} and {labels_path} disagree: {self.images.shape} vs {self.labels.shape}")
+        self.transform = transform
+        self.num_classes = int(self.labels.max()) + 1
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Tuple[Any, int]:
+        img = Image.fromarray(self.images[i], mode="L").convert("RGB")
+        return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+class ImageFolderDataset(Dataset):
+    """``root/<class>/<image>`` with a fixed class list; unreadable images give ``None`` (or raise if strict)."""
+
+    def __init__(self, root: Path, classes: Sequence[str], transform: Optional[Callable] = None,
+                 strict: bool = False) -> None:
+        self.root, self.classes, self.transform, self.strict = root, list(classes), transform, strict
+        self.samples: List[Tuple[str, int]] = []
+        for idx, cls in enumerate(self.classes):
+            folder = root / cls
+            files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS) if folder.is_dir() else []
+            self.samples.extend((str(p), idx) for p in files)
+        self.num_classes = len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Optional[Tuple[Any, int]]:
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+        except Exception as e:  # PIL raises many types for broken files
+            if self.strict:
+                raise ValueError(f"unreadable image {path}: {e}") from e
+            _log.warning("skipping unreadable image %s (%s)", path, type(e).__name__)
+            return None
+        return (self.transform(img) if self.transform else img), label
+
+
+def collate_skip_bad(batch: List[Optional[Tuple[torch.Tensor, int]]]) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the readable samples; also return how many were skipped."""
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images = torch.stack([b[0] for b in good])
+    labels = torch.tensor([b[1] for b in good], dtype=torch.long)
+    return images, labels, skipped
+
+
+@dataclass
+class DatasetInfo:
+    """Where a dataset lives and what it is."""
+
+    kind: str  # "idx" or "folder"
+    root: Path
+    num_classes: int
+    classes: List[str]
+
+
+def resolve_dataset(spec: str) -> DatasetInfo:
+    """Turn ``--data`` into a ``DatasetInfo``, or a one-line error saying what was expected."""
+    candidates: List[Path] = []
+    if spec.lower() in KNOWN_IDX_DATASETS:
+        env = os.environ.get("PATNET_DATA")
+        if env:
+            candidates.append(Path(env) / spec.lower())
+        candidates += [Path(p) for p in KNOWN_IDX_DATASETS[spec.lower()]]
+        for root in candidates:
+            if root.is_dir() and _find_idx(root, IDX_FILES["train"][0]):
+                return _idx_info(root, spec.lower())
+        hint = " (sudo apt-get install dataset-fashion-mnist)" if spec.lower() == "fashion-mnist" else ""
+        raise FileNotFoundError(f"{spec} not found in {', '.join(map(str, candidates))}{hint}; or pass its folder")
+    root = Path(spec)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset path {root} does not exist (give a folder, 'fashion-mnist' or 'mnist')")
+    if _find_idx(root, IDX_FILES["train"][0]):
+        return _idx_info(root, root.name)
+    train, val = root / "train", root / "val"
+    if not train.is_dir() or not val.is_dir():
+        raise ValueError(f"{root} holds neither IDX files nor train/ and val/ folders of classes")
+    classes = sorted(d.name for d in train.iterdir() if d.is_dir())
+    if not classes:
+        raise ValueError(f"{train} has no class folders")
+    for split in (train, val):
+        for cls in classes:
+            folder = split / cls
+            if not folder.is_dir() or not any(p.suffix.lower() in IMG_EXTENSIONS for p in folder.rglob("*")):
+                raise ValueError(f"class folder {folder} is missing or has no images")
+    extra = sorted(d.name for d in val.iterdir() if d.is_dir() and d.name not in classes)
+    if extra:
+        raise ValueError(f"{val} has classes that {train} lacks: {extra}")
+    return DatasetInfo("folder", root, len(classes), classes)
+
+
+def _idx_info(root: Path, name: str) -> DatasetInfo:
+    labels = read_idx(_find_idx(root, IDX_FILES["train"][1]))
+    n = int(labels.max()) + 1
+    classes = list(FASHION_MNIST_CLASSES) if name == "fashion-mnist" and n == 10 else [str(i) for i in range(n)]
+    return DatasetInfo("idx", root, n, classes)
+
+
+def build_dataset(info: DatasetInfo, split: str, transform: Optional[Callable], strict: bool = False) -> Dataset:
+    """The ``split`` ('train' or 'val') of a resolved dataset."""
+    if info.kind == "idx":
+        return IdxDataset(info.root, split, transform)
+    return ImageFolderDataset(info.root / split, info.classes, transform, strict)
+
+
+def _posterize_zero_bits_safe(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize with the pre-Pillow-12 meaning of 0 bits (a black image) instead of a ValueError."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def ensure_randaugment_compat() -> bool:
+    """Make timm's RandAugment safe on Pillow >= 12, which rejects ``posterize(img, 0)``.
+
+    timm maps low Posterize magnitudes to 0 bits (its TPU-style range 0-4, meant to give a black image); with a
+    magnitude std, any RandAugment policy can draw it and crash the epoch. Applied only when the installed Pillow
+    rejects 0 bits; returns whether the shim was installed.
+    """
+    from PIL import ImageOps
+    from timm.data import auto_augment
+
+    try:
+        ImageOps.posterize(Image.new("RGB", (1, 1)), 0)
+        return False
+    except ValueError:
+        for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+            if name in auto_augment.NAME_TO_OP:
+                auto_augment.NAME_TO_OP[name] = _posterize_zero_bits_safe
+        return True
+
+
+def build_transform(
+        img_size: int,
+        training: bool,
+        auto_augment: Optional[str] = None,
+        scale: Tuple[float, float] = (0.08, 1.0),
+        crop_pct: float = 0.9,
+        interpolation: str = "bicubic",
+        mean: Tuple[float, ...] = (0.485, 0.456, 0.406),
+        std: Tuple[float, ...] = (0.229, 0.224, 0.225),
+) -> Callable:
+    """timm's transforms: random-resized crop, flip and RandAugment for training; resize + centre crop for eval.
+
+    Random erasing is off and mixup/cutmix are applied on batches by the trainer, as in the recipe.
+    """
+    from timm.data import create_transform
+
+    if training:
+        if auto_augment:
+            ensure_randaugment_compat()
+        return create_transform(
+            img_size, is_training=True, auto_augment=auto_augment, scale=scale, interpolation=interpolation,
+            mean=mean, std=std, re_prob=0.0,
+        )
+    return create_transform(img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
+                            mean=mean, std=std)

@@ -1,0 +1,521 @@
+"""Training and evaluation of any timm classifier (PATNet's and the FasterNet baseline alike).
+
+The default recipe is the one PATNet's configurations copy from FasterNet (``RECIPES``, by size): AdamW (0.9, 0.999),
+cosine decay after a linear warm-up (20 of 300 epochs, scaled to the run), peak lr 0.001 x global batch / 1024,
+min lr 1e-5, label smoothing 0.1, cutmix 1.0 with the variant's mixup, RandAugment and weight decay, gradient
+clipping for M and L, no random erasing. Built on timm's parts: ``create_transform``, ``Mixup``,
+``SoftTargetCrossEntropy`` / ``LabelSmoothingCrossEntropy``, ``create_optimizer_v2``, ``create_scheduler_v2``,
+``ModelEmaV3``.
+
+Runs on one CPU or under ``torchrun`` (DistributedDataParallel: gloo on CPU, NCCL on GPU); only rank 0 writes.
+Checkpoints (``last.pth`` every epoch, ``best.pth`` on a new best top-1) are written atomically. Every random
+generator is reseeded from (seed, epoch, rank) at the start of each epoch, so ``--resume`` from an epoch's checkpoint
+continues bit-for-bit as the uninterrupted run would on the same machine and thread count.
+"""
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data.distributed import DistributedSampler
+
+from .data import build_dataset, build_transform, collate_skip_bad, resolve_dataset
+from .errors import PatnetError
+from .io import atomic_path
+
+__all__ = ["TrainConfig", "RECIPES", "recipe_for", "train", "validate", "evaluate", "TrainingError",
+           "parse_size_schedule", "load_checkpoint"]
+
+_log = logging.getLogger(__name__)
+
+# The recipe by model size (spec: "Training recipe"). FasterNet's t0..l map onto the same rows.
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "t0": dict(mixup=0.05, auto_augment=None, weight_decay=0.005, clip_grad=None),
+    "t1": dict(mixup=0.1, auto_augment="rand-m3-mstd0.5", weight_decay=0.01, clip_grad=None),
+    "t2": dict(mixup=0.1, auto_augment="rand-m5-mstd0.5", weight_decay=0.02, clip_grad=None),
+    "s": dict(mixup=0.3, auto_augment="rand-m7-mstd0.5", weight_decay=0.03, clip_grad=None),
+    "m": dict(mixup=0.5, auto_augment="rand-m7-mstd0.5", weight_decay=0.05, clip_grad=1.0),
+    "l": dict(mixup=0.7, auto_augment="rand-m7-mstd0.5", weight_decay=0.05, clip_grad=0.01),
+}
+RECIPE_COMMON = dict(cutmix=1.0, smoothing=0.1, min_lr=1e-5, base_lr=1e-3, base_batch=1024, warmup_fraction=20 / 300)
+
+
+class TrainingError(PatnetError):
+    """Training cannot go on (diverged loss); the message says where and which checkpoint is good."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as ``args.json`` next to the results. ``None`` means "the recipe's"."""
+
+    model: str = "patnet_t0"
+    data: str = "fashion-mnist"
+    output: str = "outputs/train"
+    epochs: int = 10
+    batch_size: int = 128  # per process
+    img_size: int = 64
+    img_size_schedule: Optional[str] = None  # "EPOCH:SIZE,..." e.g. "0:192,280:224"
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    warmup_epochs: Optional[float] = None
+    min_lr: Optional[float] = None
+    mixup: Optional[float] = None
+    cutmix: Optional[float] = None
+    smoothing: Optional[float] = None
+    auto_augment: Optional[str] = None  # "none" disables the recipe's RandAugment
+    scale: Tuple[float, float] = (0.08, 1.0)
+    crop_pct: float = 0.9
+    drop_path_rate: Optional[float] = None
+    clip_grad: Optional[float] = None
+    amp: str = "none"  # none | bf16 | fp16
+    channels_last: bool = False
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    seed: int = 0
+    workers: int = 2
+    resume: Optional[str] = None
+    strict_data: bool = False
+    tensorboard: bool = False
+    max_train_batches: Optional[int] = None  # cap per epoch (smoke tests, budgets)
+    max_val_batches: Optional[int] = None
+    progress: bool = True
+
+
+def recipe_for(model_name: str) -> Dict[str, Any]:
+    """The recipe row of a model name by its size suffix (patnet_t2 / fasternet_t2 -> 't2'); T0's otherwise."""
+    size = model_name.rsplit("_", 1)[-1].split(".")[0]
+    if size not in RECIPES:
+        _log.info("no recipe row for %s; using T0's", model_name)
+        size = "t0"
+    return {**RECIPE_COMMON, **RECIPES[size]}
+
+
+def parse_size_schedule(spec: Optional[str], default: int) -> List[Tuple[int, int]]:
+    """``"0:192,280:224"`` -> [(0, 192), (280, 224)]: from epoch 0 train at 192, from epoch 280 at 224."""
+    if not spec:
+        return [(0, default)]
+    try:
+        steps = sorted((int(e), int(s)) for e, s in (part.split(":") for part in spec.split(",")))
+    except ValueError:
+        raise ValueError(f"--img-size-schedule {spec!r}: expected EPOCH:SIZE pairs such as 0:192,280:224") from None
+    if steps[0][0] != 0:
+        steps.insert(0, (0, default))
+    return steps
+
+
+def _size_at(schedule: List[Tuple[int, int]], epoch: int) -> int:
+    return [s for e, s in schedule if e <= epoch][-1]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Distributed helpers
+# ------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed() -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return _Dist(rank, world, local, device)
+
+
+def _all_sum(values: Sequence[float], d: _Dist) -> List[float]:
+    t = torch.tensor(list(values), dtype=torch.float64, device=d.device)
+    if d.world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------------------------------
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """Read a checkpoint; a missing, truncated or foreign file is a one-line ``ValueError``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is truncated or not a checkpoint ({type(e).__name__})") from None
+
+
+def _save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, d: _Dist, amp: str = "none", channels_last: bool = False,
+             max_batches: Optional[int] = None) -> Dict[str, float]:
+    """Loss (plain cross-entropy), top-1 and top-5 (percent), summed over every rank's shard."""
+    model.eval()
+    loss_sum = correct1 = correct5 = count = skipped = 0.0
+    for i, (images, labels, bad) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        skipped += bad
+        if len(labels) == 0:
+            continue
+        images, labels = images.to(d.device), labels.to(d.device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(amp, d.device):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == labels).sum().item()
+        correct5 += (top == labels[:, None]).any(dim=1).sum().item()
+        count += len(labels)
+    loss_sum, correct1, correct5, count, skipped = _all_sum([loss_sum, correct1, correct5, count, skipped], d)
+    count = max(count, 1.0)
+    return {"loss": loss_sum / count, "top1": 100 * correct1 / count, "top5": 100 * correct5 / count,
+            "count": int(count), "skipped": int(skipped)}
+
+
+def _autocast(amp: str, device: torch.device):
+    if amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    if device.type == "cpu" and amp == "fp16":
+        raise ValueError("--amp fp16 needs a GPU; use --amp bf16 on CPU")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _loader(ds: Dataset, batch: int, training: bool, d: _Dist, workers: int, seed: int) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    if d.world > 1:
+        if training:
+            sampler = DistributedSampler(ds, d.world, d.rank, shuffle=True, seed=seed, drop_last=True)
+        else:  # an unpadded shard per rank, so reduced metrics count every image exactly once
+            sampler = list(range(d.rank, len(ds), d.world))
+    else:
+        sampler = RandomSampler(ds, generator=g) if training else SequentialSampler(ds)
+    return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate_skip_bad,
+                      drop_last=training, generator=g, pin_memory=d.device.type == "cuda")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------------------------
+
+def _resolve(cfg: TrainConfig, recipe: Dict[str, Any], world: int) -> Dict[str, Any]:
+    aa = recipe["auto_augment"] if cfg.auto_augment is None else (None if cfg.auto_augment == "none" else cfg.auto_augment)
+    global_batch = cfg.batch_size * world
+    return dict(
+        lr=cfg.lr if cfg.lr is not None else recipe["base_lr"] * global_batch / recipe["base_batch"],
+        weight_decay=recipe["weight_decay"] if cfg.weight_decay is None else cfg.weight_decay,
+        warmup_epochs=cfg.warmup_epochs if cfg.warmup_epochs is not None else recipe["warmup_fraction"] * cfg.epochs,
+        min_lr=recipe["min_lr"] if cfg.min_lr is None else cfg.min_lr,
+        mixup=recipe["mixup"] if cfg.mixup is None else cfg.mixup,
+        cutmix=recipe["cutmix"] if cfg.cutmix is None else cfg.cutmix,
+        smoothing=recipe["smoothing"] if cfg.smoothing is None else cfg.smoothing,
+        auto_augment=aa,
+        clip_grad=recipe["clip_grad"] if cfg.clip_grad is None else (cfg.clip_grad or None),
+        global_batch=global_batch,
+    )
+
+
+def _create_model(name: str, num_classes: int, drop_path_rate: Optional[float]) -> nn.Module:
+    import timm
+
+    from . import model as _model  # noqa: F401  (registers patnet_*)
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}; see timm.list_models() (patnet_t0 .. patnet_l, fasternet_t0 ..)")
+    kwargs: Dict[str, Any] = {"num_classes": num_classes}
+    if drop_path_rate is not None:
+        kwargs["drop_path_rate"] = drop_path_rate
+    return timm.create_model(name, **kwargs)
+
+
+def train(cfg: TrainConfig) -> Dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data``; returns the final metrics (also written to ``metrics.json``).
+
+    Raises:
+        ValueError / FileNotFoundError: bad data, checkpoint or arguments, before any training step.
+        TrainingError: the loss became NaN / inf (the last good checkpoint is kept and named).
+    """
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3, dispatch_clip_grad
+    from tqdm.auto import tqdm
+
+    d = _init_distributed()
+    out = Path(cfg.output)
+    if cfg.batch_size < 2:
+        raise ValueError("--batch-size must be at least 2 (PATNet's channel gate uses BatchNorm over the batch)")
+    schedule = parse_size_schedule(cfg.img_size_schedule, cfg.img_size)
+    info = resolve_dataset(cfg.data)
+    recipe = recipe_for(cfg.model)
+    r = _resolve(cfg, recipe, d.world)
+    seed_everything(cfg.seed)  # the initial weights depend on the seed alone (the same on every rank)
+    model = _create_model(cfg.model, info.num_classes, cfg.drop_path_rate).to(d.device)
+
+    # Everything that can be wrong with a resume is checked before the first step.
+    start_epoch, best, history, resume_state = 0, {"top1": -1.0, "epoch": -1}, [], None
+    if cfg.resume:
+        resume_state = load_checkpoint(Path(cfg.resume))
+        arch = resume_state.get("arch", {})
+        if arch.get("model") != cfg.model or arch.get("num_classes") != info.num_classes:
+            raise ValueError(
+                f"--resume {cfg.resume} is a {arch.get('model')} with {arch.get('num_classes')} classes; this run is "
+                f"{cfg.model} with {info.num_classes} classes"
+            )
+        model.load_state_dict(resume_state["model"])
+        start_epoch = resume_state["epoch"] + 1
+        best, history = resume_state.get("best", best), resume_state.get("history", [])
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    train_ds = build_dataset(info, "train", None, cfg.strict_data)
+    val_ds = build_dataset(info, "val", build_transform(cfg.img_size, False, crop_pct=cfg.crop_pct), cfg.strict_data)
+    if len(train_ds) < cfg.batch_size * d.world:
+        raise ValueError(f"{len(train_ds)} training images cannot fill one batch of {cfg.batch_size} x {d.world}")
+
+    optimizer = create_optimizer_v2(model, "adamw", lr=r["lr"], weight_decay=r["weight_decay"], betas=(0.9, 0.999))
+    steps_per_epoch = len(train_ds) // (cfg.batch_size * d.world)
+    if cfg.max_train_batches:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
+    # warmup_epochs may be fractional (the recipe's 20/300 of a short run): timm scales it by updates_per_epoch.
+    scheduler, _ = create_scheduler_v2(
+        optimizer, "cosine", num_epochs=cfg.epochs, warmup_epochs=r["warmup_epochs"], min_lr=r["min_lr"],
+        warmup_lr=1e-6, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
+    )
+    scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16" and d.device.type == "cuda")
+    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state.get("scaler", {}) or scaler.state_dict())
+        if ema is not None and resume_state.get("ema") is not None:
+            ema.load_state_dict(resume_state["ema"])
+
+    use_mix = r["mixup"] > 0 or r["cutmix"] > 0
+    mixup = Mixup(mixup_alpha=r["mixup"], cutmix_alpha=r["cutmix"], label_smoothing=r["smoothing"],
+                  num_classes=info.num_classes) if use_mix else None
+    criterion = SoftTargetCrossEntropy() if use_mix else LabelSmoothingCrossEntropy(r["smoothing"])
+    net = nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+
+    writer = None
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = {**asdict(cfg), "resolved": r, "world_size": d.world, "num_classes": info.num_classes,
+                    "classes": info.classes, "data_root": str(info.root), "img_size_schedule_parsed": schedule}
+        with atomic_path(out / "args.json") as tmp:
+            tmp.write_text(json.dumps(resolved, indent=2, default=str))
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tensorboard"))
+        _log.info("training %s on %s (%d images, %d classes): %d epochs, global batch %d, lr %.2e, world %d",
+                  cfg.model, info.root, len(train_ds), info.num_classes, cfg.epochs, r["global_batch"], r["lr"], d.world)
+
+    val_loader = _loader(val_ds, cfg.batch_size, False, d, cfg.workers, cfg.seed)
+    total_images, total_time = 0, 0.0
+    for h in history:
+        total_images += h["train_images"]
+        total_time += h["train_seconds"]
+    step = start_epoch * steps_per_epoch
+    metrics: Dict[str, Any] = history[-1] if history else {}
+    for epoch in range(start_epoch, cfg.epochs):
+        epoch_seed = cfg.seed * 1_000_003 + epoch * 1009 + d.rank
+        seed_everything(epoch_seed)
+        size = _size_at(schedule, epoch)
+        train_ds.transform = build_transform(size, True, r["auto_augment"], tuple(cfg.scale))
+        loader = _loader(train_ds, cfg.batch_size, True, d, cfg.workers, cfg.seed * 1_000_003 + epoch)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        net.train()
+        loss_sum, seen, skipped, t0 = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and d.main),
+                   leave=False)
+        for i, (images, labels, bad) in enumerate(loader):
+            if i >= steps_per_epoch:
+                break
+            skipped += bad
+            if len(labels) < 2:
+                continue
+            if mixup is not None and len(labels) % 2:
+                images, labels = images[:-1], labels[:-1]
+            images, labels = images.to(d.device, non_blocking=True), labels.to(d.device, non_blocking=True)
+            if mixup is not None:
+                images, targets = mixup(images, labels)
+            else:
+                targets = labels
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with _autocast(cfg.amp, d.device):
+                loss = criterion(net(images), targets)
+            (reduced,) = _all_sum([loss.item()], d)
+            reduced /= d.world
+            if not math.isfinite(reduced):
+                last = out / "last.pth"
+                raise TrainingError(
+                    f"loss became {reduced} at epoch {epoch + 1}, step {i + 1} (global step {step + 1}); stopped. "
+                    + (f"Last good checkpoint: {last}" if last.exists() else "No checkpoint was written yet")
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if r["clip_grad"]:
+                scaler.unscale_(optimizer)
+                dispatch_clip_grad(model.parameters(), r["clip_grad"], mode="norm")
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            scheduler.step_update(step)
+            if ema is not None:
+                ema.update(model, step=step)
+            loss_sum += reduced * len(labels)
+            seen += len(labels)
+            lr = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{reduced:.3f}", lr=f"{lr:.2e}",
+                            img_s=f"{seen * d.world / (time.perf_counter() - t0):.0f}")
+            bar.update(1)
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+        (skipped,) = _all_sum([skipped], d)
+        images_epoch = seen * d.world
+        total_images += images_epoch
+        total_time += train_seconds
+        val = evaluate(model, val_loader, d, cfg.amp, cfg.channels_last, cfg.max_val_batches)
+        metrics = {
+            "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "loss": val["loss"], "top1": val["top1"],
+            "top5": val["top5"], "val_images": val["count"], "lr": optimizer.param_groups[0]["lr"], "img_size": size,
+            "train_images": images_epoch, "train_seconds": train_seconds,
+            "train_images_per_second": images_epoch / max(train_seconds, 1e-9),
+            "skipped_images": int(skipped) + val["skipped"],
+        }
+        if ema is not None:
+            ev = evaluate(ema.module, val_loader, d, cfg.amp, cfg.channels_last, cfg.max_val_batches)
+            metrics.update(top1_ema=ev["top1"], top5_ema=ev["top5"])
+        if metrics["skipped_images"]:
+            _log.warning("epoch %d: skipped %d unreadable images (paths logged above)", epoch + 1, metrics["skipped_images"])
+        history.append(metrics)
+        is_best = metrics["top1"] > best["top1"]
+        if is_best:
+            best = {"top1": metrics["top1"], "epoch": epoch + 1}
+        if d.main:
+            state = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "epoch": epoch, "best": best, "history": history,
+                "arch": {"model": cfg.model, "num_classes": info.num_classes, "img_size": cfg.img_size},
+                "config": asdict(cfg),
+            }
+            _save_checkpoint(out / "last.pth", state)
+            if is_best:
+                _save_checkpoint(out / "best.pth", state)
+            # Rewritten whole from the checkpointed history, so a resumed run's log has each epoch exactly once.
+            with atomic_path(out / "log.jsonl") as tmp:
+                tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+            if writer is not None:
+                for k in ("train_loss", "loss", "top1", "top5", "lr", "train_images_per_second"):
+                    writer.add_scalar(k, metrics[k], epoch + 1)
+            _log.info("epoch %d/%d: train loss %.4f, val loss %.4f, top1 %.2f, top5 %.2f, %.0f img/s", epoch + 1,
+                      cfg.epochs, metrics["train_loss"], metrics["loss"], metrics["top1"], metrics["top5"],
+                      metrics["train_images_per_second"])
+
+    from .flops import count_params
+
+    final = {
+        "model": cfg.model, "data": str(info.root), "top1": metrics.get("top1"), "top5": metrics.get("top5"),
+        "loss": metrics.get("loss"), "epochs": cfg.epochs, "best_top1": best["top1"], "best_epoch": best["epoch"],
+        "train_images_per_second": total_images / max(total_time, 1e-9), "params_m": count_params(model) / 1e6,
+        "seed": cfg.seed, "world_size": d.world, "img_size": cfg.img_size,
+    }
+    if d.main:
+        with atomic_path(out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(final, indent=2))
+        if writer is not None:
+            writer.close()
+    if d.world > 1:
+        dist.barrier()
+    return final
+
+
+def validate(
+        model_name: str, data: str, checkpoint: Path, img_size: int = 64, batch_size: int = 128, crop_pct: float = 0.9,
+        act_layer: Optional[str] = None, workers: int = 2, amp: str = "none", output: Optional[Path] = None,
+        max_batches: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Evaluate a checkpoint on ``data``'s val split: a training checkpoint of ours, weights from
+    ``patnet convert`` (.safetensors), or an authors'-layout checkpoint (converted on the fly, strictly)."""
+    from .model import VARIANTS, _is_official_layout, _unwrap, checkpoint_filter_fn, load_strict
+
+    d = _init_distributed()
+    info = resolve_dataset(data)
+    if checkpoint.suffix == ".safetensors":
+        from .io import load_weights
+
+        sd, _ = load_weights(checkpoint)
+    else:
+        obj = load_checkpoint(checkpoint)
+        if isinstance(obj, dict) and "arch" in obj and obj["arch"].get("model") not in (None, model_name):
+            raise ValueError(f"{checkpoint} holds a {obj['arch']['model']}, not a {model_name}")
+        sd = _unwrap(obj)
+    official = _is_official_layout(sd)
+    sd = checkpoint_filter_fn(sd, None)
+    classes = next((v.shape[0] for k, v in sd.items() if k.endswith("classifier.weight")), None)
+    if classes != info.num_classes:
+        raise ValueError(f"{checkpoint} has {classes} classes; {data} has {info.num_classes}")
+    kwargs: Dict[str, Any] = {}
+    if official and act_layer is not None and model_name in VARIANTS:
+        kwargs["act_layer"] = act_layer
+    import timm
+
+    model = _create_model(model_name, classes, None) if not kwargs else timm.create_model(model_name, num_classes=classes, **kwargs)
+    try:
+        load_strict(model, sd)
+    except ValueError as e:
+        raise ValueError(f"{checkpoint} does not fit {model_name}: {e}") from None
+    model = model.to(d.device)
+    ds = build_dataset(info, "val", build_transform(img_size, False, crop_pct=crop_pct))
+    res = evaluate(model, _loader(ds, batch_size, False, d, workers, 0), d, amp, max_batches=max_batches)
+    res.update(model=model_name, checkpoint=str(checkpoint), data=str(info.root), img_size=img_size)
+    if output is not None and d.main:
+        with atomic_path(Path(output) / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(res, indent=2))
+    return res
