@@ -246,9 +246,127 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_validate)
 
 
+def _cmd_detect_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from .detection.engine import DetectConfig, train_detector
+
+    names = {f.name for f in fields(DetectConfig)}
+    cfg = DetectConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k in names})
+    metrics = train_detector(cfg)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
+    return 0
+
+
+def _cmd_detect_eval(args: argparse.Namespace) -> int:
+    from .detection.data import CocoDataset, detection_transform
+    from .detection.engine import evaluate_detector, load_detector
+
+    model = load_detector(args.checkpoint)
+    masks = args.task == "masks" if args.task else hasattr(model, "roi_heads") and model.roi_heads.has_mask()
+    ds = CocoDataset(args.ann, args.images, masks, detection_transform(False))
+    if ds.class_names != model.class_names:
+        raise ValueError(f"{args.ann} has categories {ds.class_names}; the detector was trained on {model.class_names}")
+    metrics = evaluate_detector(model, ds, output=args.output, workers=args.workers, max_images=args.max_images)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_detect_predict(args: argparse.Namespace) -> int:
+    from .detection.engine import load_detector, predict_image
+
+    res = predict_image(load_detector(args.checkpoint), args.image, args.out, args.score_threshold)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _cmd_detect_make_fmnist(args: argparse.Namespace) -> int:
+    from .detection.data import make_fashion_mnist_detection
+
+    paths = make_fashion_mnist_detection(args.out, args.data, args.train_images, args.val_images, args.canvas,
+                                         seed=args.seed)
+    print(f"wrote {paths['train']} and {paths['val']} (images in {args.out}/train and {args.out}/val)")
+    return 0
+
+
+def _cmd_detect_deepforest(args: argparse.Namespace) -> int:
+    from .detection.data import deepforest_to_coco
+
+    print(f"wrote {deepforest_to_coco(args.source, args.out)}")
+    return 0
+
+
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    from .detection.engine import DetectConfig
+
+    d = DetectConfig()
+    det = sub.add_parser("detect", help="Faster / Mask R-CNN with a PATNet (or any timm) backbone",
+                         description="Detection and instance segmentation on COCO-format data.")
+    dsub = det.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
+
+    p = dsub.add_parser("train", help="train a detector (evaluates on --val-ann at the end)")
+    p.add_argument("--model", default=d.model, help="backbone: any timm features_only model (default %(default)s)")
+    p.add_argument("--ann", required=True, type=Path, help="training COCO JSON")
+    p.add_argument("--images", required=True, type=Path, help="training image folder")
+    p.add_argument("--val-ann", type=Path)
+    p.add_argument("--val-images", type=Path)
+    p.add_argument("--task", choices=["boxes", "masks"], default=d.task, help="Faster R-CNN or Mask R-CNN")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--img-size", type=int, default=d.img_size, help="shorter side after resizing")
+    p.add_argument("--max-size", type=int, help="longer side bound (default 5/3 of --img-size)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--schedule", choices=["step", "cosine"], default=d.schedule)
+    p.add_argument("--warmup-iters", type=int, default=d.warmup_iters)
+    p.add_argument("--backbone-checkpoint", type=Path, help="classification weights (ours or the authors' layout)")
+    p.add_argument("--backbone-act", choices=["gelu", "relu"], help="activation of an authors' checkpoint")
+    p.add_argument("--trainable-stages", type=int, default=d.trainable_stages, help="last stages that train (0-4)")
+    p.add_argument("--norm", choices=["frozen", "train"], default=d.norm, help="backbone BatchNorm handling")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--max-iters-per-epoch", type=int)
+    p.add_argument("--output", type=Path, default=Path(d.output))
+    p.add_argument("--resume", type=Path)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_cmd_detect_train)
+
+    p = dsub.add_parser("eval", help="COCO AP of a trained detector; writes coco_metrics.json")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--ann", required=True, type=Path)
+    p.add_argument("--images", required=True, type=Path)
+    p.add_argument("--task", choices=["boxes", "masks"], help="default: masks if the detector has a mask head")
+    p.add_argument("--output", type=Path, default=Path("outputs/detect_eval"))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-images", type=int)
+    p.set_defaults(func=_cmd_detect_eval)
+
+    p = dsub.add_parser("predict", help="draw a detector's boxes and masks onto an image (PNG)")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--image", required=True, type=Path)
+    p.add_argument("--out", type=Path, default=Path("outputs/prediction.png"))
+    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.set_defaults(func=_cmd_detect_predict)
+
+    p = dsub.add_parser("make-fmnist", help="generate COCO data from Fashion-MNIST garments on canvases")
+    p.add_argument("out", type=Path)
+    p.add_argument("--data", default="fashion-mnist", help="Fashion-MNIST location (name or IDX folder)")
+    p.add_argument("--train-images", type=int, default=400)
+    p.add_argument("--val-images", type=int, default=100)
+    p.add_argument("--canvas", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_detect_make_fmnist)
+
+    p = dsub.add_parser("deepforest", help="convert deepforest's tree-crown photos (wheel or folder) to COCO")
+    p.add_argument("source", type=Path, help="deepforest-*.whl (pip download deepforest --no-deps) or its data/")
+    p.add_argument("out", type=Path)
+    p.set_defaults(func=_cmd_detect_deepforest)
+
+
 # Sub-command registrars; later capabilities append theirs here.
 _SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
-    _add_convert, _add_export, _add_bench, _add_train, _add_validate,
+    _add_convert, _add_export, _add_bench, _add_train, _add_validate, _add_detect,
 ]
 
 

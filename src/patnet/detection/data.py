@@ -1,0 +1,301 @@
+"""COCO-format detection data: a dataset, transforms, and two sources that work without network access.
+
+* ``CocoDataset``: any COCO JSON plus an image folder (boxes; polygon or RLE masks for instance segmentation).
+  Category ids may have gaps or start anywhere: they map to contiguous labels 1..K and back. Problems are handled
+  up front and counted in the log: annotations of missing images, boxes of zero or negative size and crowd
+  regions are dropped; images without annotations stay (as negatives); grey and RGBA images become RGB.
+* ``make_fashion_mnist_detection``: Fashion-MNIST garments composed onto larger textured canvases, with exact
+  per-pixel masks taken from the garment pixels, a fixed train/val split and a seed.
+* ``deepforest_to_coco``: the real aerial photographs with tree-crown boxes inside the MIT-licensed ``deepforest``
+  wheel (``pip download deepforest --no-deps``), converted from their Pascal VOC files.
+"""
+import json
+import logging
+import xml.etree.ElementTree as ET
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = ["CocoDataset", "detection_transform", "collate", "make_fashion_mnist_detection", "deepforest_to_coco"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Stats:
+    missing_images: int = 0
+    bad_boxes: int = 0
+    crowd: int = 0
+    unknown_category: int = 0
+    empty_images: int = 0
+
+
+class CocoDataset(Dataset):
+    """Images and targets (``boxes`` xyxy, ``labels`` 1..K, optional ``masks``) of a COCO JSON file.
+
+    Args:
+        ann_file: COCO annotation JSON.
+        image_dir: Folder the ``file_name`` entries are relative to.
+        masks: Also return instance masks (polygons or RLE, decoded with pycocotools).
+        transform: ``transform(image, target) -> (image, target)`` with torchvision.tv_tensors inputs.
+    """
+
+    def __init__(self, ann_file: Path, image_dir: Path, masks: bool = False, transform: Any = None) -> None:
+        try:
+            from pycocotools.coco import COCO
+        except ImportError as e:
+            raise ImportError("COCO data needs pycocotools: pip install 'patnet[detection]'") from e
+        ann_file, image_dir = Path(ann_file), Path(image_dir)
+        if not ann_file.is_file():
+            raise FileNotFoundError(f"annotation file {ann_file} does not exist")
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"image folder {image_dir} does not exist")
+        import contextlib
+        import io
+
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                self.coco = COCO(str(ann_file))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{ann_file} is not a COCO annotation file ({type(e).__name__}: {e})") from None
+        self.image_dir, self.masks, self.transform = image_dir, masks, transform
+        cat_ids = sorted(self.coco.getCatIds())
+        if not cat_ids:
+            raise ValueError(f"{ann_file} defines no categories")
+        self.cat_to_label = {c: i + 1 for i, c in enumerate(cat_ids)}
+        self.label_to_cat = {i: c for c, i in self.cat_to_label.items()}
+        self.class_names = [self.coco.cats[c]["name"] for c in cat_ids]
+        stats = _Stats()
+        self.ids: List[int] = []
+        self.anns: Dict[int, List[Dict[str, Any]]] = {}
+        for img_id in sorted(self.coco.getImgIds()):
+            info = self.coco.imgs[img_id]
+            if not (image_dir / info["file_name"]).is_file():
+                stats.missing_images += 1
+                _log.warning("image %s of %s is missing; its annotations are skipped", info["file_name"], ann_file.name)
+                continue
+            kept = []
+            for ann in self.coco.imgToAnns.get(img_id, []):
+                x, y, w, h = ann.get("bbox", (0, 0, 0, 0))
+                if ann.get("iscrowd", 0):
+                    stats.crowd += 1
+                elif ann.get("category_id") not in self.cat_to_label:
+                    stats.unknown_category += 1
+                elif not (w > 0 and h > 0):
+                    stats.bad_boxes += 1
+                elif masks and not ann.get("segmentation"):
+                    stats.bad_boxes += 1
+                else:
+                    kept.append(ann)
+            if not kept:
+                stats.empty_images += 1
+            self.ids.append(img_id)
+            self.anns[img_id] = kept
+        if not self.ids:
+            raise ValueError(f"none of the images of {ann_file} exist under {image_dir}")
+        self.stats = stats
+        if any(vars(stats).values()):
+            _log.info("%s: %s", ann_file.name, ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in vars(stats).items() if v))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.cat_to_label)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_image(self, index: int) -> Image.Image:
+        info = self.coco.imgs[self.ids[index]]
+        with Image.open(self.image_dir / info["file_name"]) as im:
+            return im.convert("RGB")
+
+    def __getitem__(self, index: int) -> Tuple[Any, Dict[str, Any]]:
+        from torchvision import tv_tensors
+
+        img_id = self.ids[index]
+        image = self.load_image(index)
+        w, h = image.size
+        anns = self.anns[img_id]
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in anns], dtype=torch.float32).reshape(-1, 4)
+        target: Dict[str, Any] = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+            "labels": torch.tensor([self.cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
+            "image_id": img_id,
+        }
+        if self.masks:
+            m = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(m))
+        image = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
+
+
+def detection_transform(training: bool) -> Any:
+    """torchvision v2 transforms: float image, a horizontal flip when training, degenerate boxes removed."""
+    from torchvision.transforms import v2 as T
+
+    steps: List[Any] = [T.RandomHorizontalFlip(0.5)] if training else []
+    steps += [T.ToDtype(torch.float32, scale=True), T.SanitizeBoundingBoxes(min_size=1.0)]
+    return T.Compose(steps)
+
+
+def collate(batch: Sequence[Tuple[Any, Dict[str, Any]]]) -> Tuple[List[Any], List[Dict[str, Any]]]:
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Generated data: Fashion-MNIST garments on canvases
+# ------------------------------------------------------------------------------------------------------------------
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth colour gradient with low-frequency blobs and pixel noise."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    c0, c1 = rng.uniform(0, 120, 3), rng.uniform(0, 120, 3)
+    t = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None]
+    t = (t - t.min()) / max(np.ptp(t), 1e-6)
+    img = c0 * (1 - t) + c1 * t
+    for _ in range(rng.integers(2, 6)):
+        cy, cx, r = rng.uniform(0, size, 2).tolist() + [rng.uniform(size / 10, size / 3)]
+        blob = np.exp(-(((yy * size - cy) ** 2 + (xx * size - cx) ** 2) / (2 * r * r)))[..., None]
+        img = img + blob * rng.uniform(-40, 40, 3)
+    img = img + rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255)
+
+
+def make_fashion_mnist_detection(
+        out: Path,
+        source: str = "fashion-mnist",
+        n_train: int = 400,
+        n_val: int = 100,
+        canvas: int = 160,
+        max_objects: int = 4,
+        scale: Tuple[float, float] = (1.0, 2.2),
+        seed: int = 0,
+) -> Dict[str, Path]:
+    """Write ``out/{train,val}/`` images and ``out/{train,val}.json`` (COCO, boxes + RLE masks).
+
+    Garments come from the Fashion-MNIST train split for ``train`` and its test split for ``val`` (so no garment is
+    in both). Each is scaled by a factor in ``scale``, tinted, and pasted without overlap; its mask is exactly the
+    pasted garment pixels (intensity above 10 of 255) and its box is the mask's extent.
+    """
+    from pycocotools import mask as mask_utils
+
+    from ..data import FASHION_MNIST_CLASSES, IdxDataset, resolve_dataset
+
+    info = resolve_dataset(source)
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    paths: Dict[str, Path] = {}
+    categories = [{"id": i + 1, "name": n, "supercategory": "garment"} for i, n in enumerate(FASHION_MNIST_CLASSES)]
+    for split, n_images, src_split in (("train", n_train, "train"), ("val", n_val, "val")):
+        src = IdxDataset(info.root, src_split)
+        img_dir = out / split
+        img_dir.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(n_images):
+            canvas_img = _background(rng, canvas)
+            occupied = np.zeros((canvas, canvas), bool)
+            for _ in range(int(rng.integers(1, max_objects + 1))):
+                k = int(rng.integers(len(src)))
+                garment = Image.fromarray(src.images[k])
+                side = int(round(28 * rng.uniform(*scale)))
+                g = np.asarray(garment.resize((side, side), Image.BILINEAR), dtype=np.float32)
+                mask = g > 10
+                if not mask.any():
+                    continue
+                for _attempt in range(20):
+                    y, x = rng.integers(0, canvas - side + 1, 2)
+                    if not (occupied[y:y + side, x:x + side] & mask).any():
+                        break
+                else:
+                    continue
+                tint = rng.uniform(0.5, 1.0, 3)
+                region = canvas_img[y:y + side, x:x + side]
+                alpha = (g / 255.0)[..., None]
+                region[:] = np.where(mask[..., None], region * (1 - alpha) + alpha * 255 * tint, region)
+                full = np.zeros((canvas, canvas), np.uint8)
+                full[y:y + side, x:x + side] = mask
+                occupied |= full.astype(bool)
+                ys, xs = np.nonzero(full)
+                rle = mask_utils.encode(np.asfortranarray(full))
+                rle["counts"] = rle["counts"].decode("ascii")
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": i + 1, "category_id": int(src.labels[k]) + 1,
+                    "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+                             float(ys.max() - ys.min() + 1)],
+                    "area": float(full.sum()), "segmentation": rle, "iscrowd": 0,
+                })
+            name = f"{i:05d}.png"
+            Image.fromarray(canvas_img.astype(np.uint8)).save(img_dir / name)
+            images.append({"id": i + 1, "file_name": name, "width": canvas, "height": canvas})
+        ann_path = out / f"{split}.json"
+        ann_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories,
+                                        "info": {"description": f"Fashion-MNIST composites, seed {seed}"}}))
+        paths[split] = ann_path
+        _log.info("wrote %d %s images with %d objects to %s", n_images, split, len(annotations), img_dir)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Real photographs: deepforest's example data
+# ------------------------------------------------------------------------------------------------------------------
+
+def deepforest_to_coco(source: Path, out: Path) -> Path:
+    """Convert the Pascal VOC tree-crown annotations shipped in the deepforest wheel (or its unpacked data folder)
+    into ``out/images/`` and ``out/annotations.json``."""
+    source, out = Path(source), Path(out)
+    img_dir = out / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    files: Dict[str, bytes] = {}
+    if source.is_file() and source.suffix == ".whl":
+        with zipfile.ZipFile(source) as z:
+            for name in z.namelist():
+                if name.startswith("deepforest/data/") and Path(name).suffix.lower() in (".xml", ".png", ".jpg", ".tif"):
+                    files[Path(name).name] = z.read(name)
+    elif source.is_dir():
+        for p in source.iterdir():
+            if p.suffix.lower() in (".xml", ".png", ".jpg", ".tif"):
+                files[p.name] = p.read_bytes()
+    else:
+        raise FileNotFoundError(f"{source} is neither a deepforest wheel nor its data folder "
+                                "(get it with: pip download deepforest --no-deps -d DIR)")
+    categories: Dict[str, int] = {}
+    images, annotations = [], []
+    for xml_name in sorted(n for n in files if n.endswith(".xml")):
+        root = ET.fromstring(files[xml_name])
+        stem = Path(xml_name).stem
+        image_name = next((n for n in (root.findtext("filename") or "", stem + ".png", stem + ".jpg") if n in files
+                           and not n.endswith(".tif")), None)
+        if image_name is None:
+            _log.warning("no PNG/JPEG image for %s; skipped", xml_name)
+            continue
+        (img_dir / image_name).write_bytes(files[image_name])
+        with Image.open(img_dir / image_name) as im:
+            w, h = im.size
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": image_name, "width": w, "height": h})
+        for obj in root.iter("object"):
+            label = obj.findtext("name") or "Tree"
+            cat = categories.setdefault(label, len(categories) + 1)
+            bb = obj.find("bndbox")
+            x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    if not images:
+        raise ValueError(f"no annotated images found in {source}")
+    ann_path = out / "annotations.json"
+    ann_path.write_text(json.dumps({
+        "images": images, "annotations": annotations,
+        "categories": [{"id": i, "name": n} for n, i in categories.items()],
+        "info": {"description": "deepforest example data (MIT licence), converted from Pascal VOC"},
+    }))
+    _log.info("wrote %d images, %d boxes to %s", len(images), len(annotations), ann_path)
+    return ann_path
