@@ -191,3 +191,30 @@ def test_deepforest_conversion_from_wheel(tmp_path):
     assert coco["annotations"][0]["bbox"] == [1.0, 2.0, 10.0, 20.0]
     ds = CocoDataset(ann, tmp_path / "out" / "images")
     assert len(ds) == 1 and ds[0][1]["labels"].tolist() == [1, 2]
+
+
+def test_deepforest_tiling_and_single_class(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (100, 60)).save(data / "big.png")
+    objs = [("Dead", 5, 5, 15, 15), ("Alive", 45, 20, 60, 30), ("Dead", 80, 40, 95, 55)]
+    xml = "<annotation><filename>big.png</filename>" + "".join(
+        f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax>"
+        "</bndbox></object>" for n, a, b, c, d in objs) + "</annotation>"
+    (data / "big.xml").write_text(xml)
+    coco = json.loads(deepforest_to_coco(data, tmp_path / "out", single_class="Tree", tile=50).read_text())
+    # x windows start at 0 and 50, y windows at 0 and 10 (the last one overlaps so every tile is 50 x 50).
+    assert sorted((i["file_name"], i["width"], i["height"]) for i in coco["images"]) == [
+        ("big_0_0.png", 50, 50), ("big_0_10.png", 50, 50), ("big_50_0.png", 50, 50), ("big_50_10.png", 50, 50)]
+    assert [c["name"] for c in coco["categories"]] == ["Tree"]
+    by_file = {}
+    for a in coco["annotations"]:
+        name = next(i["file_name"] for i in coco["images"] if i["id"] == a["image_id"])
+        by_file.setdefault(name, []).append(a["bbox"])
+    # Box (5,5)-(15,15): whole in the first tile, exactly half in the tile starting at y=10 (kept, clipped).
+    assert by_file["big_0_0.png"] == [[5.0, 5.0, 10.0, 10.0]]
+    assert by_file["big_0_10.png"] == [[5.0, 0.0, 10.0, 5.0]]
+    # Box (45,20)-(60,30): 1/3 in the left tiles (dropped), 2/3 in the right ones (kept, clipped).
+    # Box (80,40)-(95,55): 2/3 in the top-right tile, whole in the bottom-right one.
+    assert by_file["big_50_0.png"] == [[0.0, 20.0, 10.0, 10.0], [30.0, 40.0, 15.0, 10.0]]
+    assert by_file["big_50_10.png"] == [[0.0, 10.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]]

@@ -293,7 +293,7 @@ def _cmd_detect_make_fmnist(args: argparse.Namespace) -> int:
 def _cmd_detect_deepforest(args: argparse.Namespace) -> int:
     from .detection.data import deepforest_to_coco
 
-    print(f"wrote {deepforest_to_coco(args.source, args.out)}")
+    print(f"wrote {deepforest_to_coco(args.source, args.out, args.single_class, args.tile)}")
     return 0
 
 
@@ -361,6 +361,8 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser("deepforest", help="convert deepforest's tree-crown photos (wheel or folder) to COCO")
     p.add_argument("source", type=Path, help="deepforest-*.whl (pip download deepforest --no-deps) or its data/")
     p.add_argument("out", type=Path)
+    p.add_argument("--single-class", help="one label for every object, e.g. Tree")
+    p.add_argument("--tile", type=int, help="cut larger images into TILE x TILE tiles")
     p.set_defaults(func=_cmd_detect_deepforest)
 
 

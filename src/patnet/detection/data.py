@@ -9,6 +9,7 @@
 * ``deepforest_to_coco``: the real aerial photographs with tree-crown boxes inside the MIT-licensed ``deepforest``
   wheel (``pip download deepforest --no-deps``), converted from their Pascal VOC files.
 """
+import io
 import json
 import logging
 import xml.etree.ElementTree as ET
@@ -248,9 +249,17 @@ def make_fashion_mnist_detection(
 # Real photographs: deepforest's example data
 # ------------------------------------------------------------------------------------------------------------------
 
-def deepforest_to_coco(source: Path, out: Path) -> Path:
+def deepforest_to_coco(source: Path, out: Path, single_class: Optional[str] = None, tile: Optional[int] = None,
+                       min_visible: float = 0.5) -> Path:
     """Convert the Pascal VOC tree-crown annotations shipped in the deepforest wheel (or its unpacked data folder)
-    into ``out/images/`` and ``out/annotations.json``."""
+    into ``out/images/`` and ``out/annotations.json``.
+
+    Args:
+        single_class: Give every object this label (the files use Tree / Dead / Alive, one site each).
+        tile: Cut images larger than ``tile`` pixels into ``tile`` x ``tile`` tiles (the last row / column overlap
+            the previous one), as aerial imagery is usually processed; boxes are clipped to their tile and kept
+            when at least ``min_visible`` of their area is inside.
+    """
     source, out = Path(source), Path(out)
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -277,18 +286,35 @@ def deepforest_to_coco(source: Path, out: Path) -> Path:
         if image_name is None:
             _log.warning("no PNG/JPEG image for %s; skipped", xml_name)
             continue
-        (img_dir / image_name).write_bytes(files[image_name])
-        with Image.open(img_dir / image_name) as im:
-            w, h = im.size
-        image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": image_name, "width": w, "height": h})
+        boxes = []
         for obj in root.iter("object"):
-            label = obj.findtext("name") or "Tree"
-            cat = categories.setdefault(label, len(categories) + 1)
+            label = single_class or obj.findtext("name") or "Tree"
             bb = obj.find("bndbox")
-            x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat,
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            boxes.append((label, *(float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))))
+        with Image.open(io.BytesIO(files[image_name])) as im:
+            photo = im.convert("RGB")
+        w, h = photo.size
+        windows = [(0, 0, w, h)]
+        if tile and (w > tile or h > tile):
+            xs = sorted({min(x, max(w - tile, 0)) for x in range(0, w, tile)})
+            ys = sorted({min(y, max(h - tile, 0)) for y in range(0, h, tile)})
+            windows = [(x, y, min(x + tile, w), min(y + tile, h)) for y in ys for x in xs]
+        for wx1, wy1, wx2, wy2 in windows:
+            kept = []
+            for label, x1, y1, x2, y2 in boxes:
+                cx1, cy1, cx2, cy2 = max(x1, wx1), max(y1, wy1), min(x2, wx2), min(y2, wy2)
+                if cx2 <= cx1 or cy2 <= cy1 or (cx2 - cx1) * (cy2 - cy1) < min_visible * (x2 - x1) * (y2 - y1):
+                    continue
+                kept.append((label, cx1 - wx1, cy1 - wy1, cx2 - wx1, cy2 - wy1))
+            name = image_name if len(windows) == 1 else f"{Path(image_name).stem}_{wx1}_{wy1}.png"
+            photo.crop((wx1, wy1, wx2, wy2)).save(img_dir / name)
+            image_id = len(images) + 1
+            images.append({"id": image_id, "file_name": name, "width": wx2 - wx1, "height": wy2 - wy1,
+                           "source": image_name})
+            for label, x1, y1, x2, y2 in kept:
+                cat = categories.setdefault(label, len(categories) + 1)
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat,
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
     if not images:
         raise ValueError(f"no annotated images found in {source}")
     ann_path = out / "annotations.json"
