@@ -218,3 +218,22 @@ def test_deepforest_tiling_and_single_class(tmp_path):
     # Box (80,40)-(95,55): 2/3 in the top-right tile, whole in the bottom-right one.
     assert by_file["big_50_0.png"] == [[0.0, 20.0, 10.0, 10.0], [30.0, 40.0, 15.0, 10.0]]
     assert by_file["big_50_10.png"] == [[0.0, 10.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]]
+
+
+def test_detection_distributed_two_processes(coco_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root, paths = coco_data
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+           "-m", "patnet.cli", "detect", "train", "--ann", str(paths["train"]), "--images", str(root / "train"),
+           "--val-ann", str(paths["val"]), "--val-images", str(root / "val"), "--epochs", "1", "--batch-size", "2",
+           "--img-size", "64", "--workers", "0", "--output", str(out), "--no-progress", "--warmup-iters", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads((out / "coco_metrics.json").read_text())
+    assert metrics["images"] == 4  # both ranks' shards gathered before scoring
+    assert json.loads((out / "args.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "coco_metrics.json", "last.pth", "log.jsonl"]

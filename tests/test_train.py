@@ -239,3 +239,11 @@ def test_randaugment_survives_zero_bit_posterize():
     img = Image.new("RGB", (8, 8), (200, 100, 50))
     out = op(img)
     assert out.size == (8, 8) and out.getextrema() == ((0, 0), (0, 0), (0, 0))
+
+
+def test_bf16_autocast_and_channels_last_on_cpu(idx_data, tmp_path):
+    m = train(_cfg(idx_data, tmp_path / "amp", epochs=1, amp="bf16", channels_last=True))
+    assert m["top1"] is not None and 0 <= m["top1"] <= 100
+    assert json.loads((tmp_path / "amp" / "args.json").read_text())["amp"] == "bf16"
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        train(_cfg(idx_data, tmp_path / "fp16", epochs=1, amp="fp16"))
