@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from .export import deploy_form
 from .flops import count_flops, count_params
+from .model import require_models
 
 __all__ = ["BenchRow", "run_benchmark", "matmul_peak_gflops", "environment", "write_results", "plot_results"]
 
@@ -180,9 +181,7 @@ def run_benchmark(
     import timm
     from tqdm.auto import tqdm
 
-    unknown = [m for m in models if not timm.is_model(m)]
-    if unknown:
-        raise ValueError(f"unknown model name(s) {unknown}; see timm.list_models() (patnet_t0 .. patnet_l, fasternet_t0 ..)")
+    require_models(*models)
     if runtime not in ("torch", "onnxruntime"):
         raise ValueError(f"unknown runtime {runtime!r}; use 'torch' or 'onnxruntime'")
     if runtime == "onnxruntime":

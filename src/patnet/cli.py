@@ -57,24 +57,12 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _load_for_export(args: argparse.Namespace):
     import timm
 
-    from . import model as _model  # noqa: F401  (registers patnet_* with timm)
+    from .model import create_from_checkpoint, require_models
 
-    if not timm.is_model(args.model):
-        raise ValueError(f"unknown model {args.model!r}; see timm.list_models() (patnet_t0 .. patnet_l, fasternet_t0 ..)")
     if args.checkpoint is None:
+        require_models(args.model)
         return timm.create_model(args.model, num_classes=args.num_classes or 1000)
-    from .io import load_weights
-    from .model import _is_official_layout, _unwrap, checkpoint_filter_fn, load_strict
-
-    sd, cfg = load_weights(args.checkpoint)
-    sd = checkpoint_filter_fn(_unwrap(sd), None)
-    classes = args.num_classes or next((v.shape[0] for k, v in sd.items() if k.endswith("classifier.weight")), 1000)
-    model = timm.create_model(args.model, num_classes=classes)
-    try:
-        load_strict(model, sd)
-    except ValueError as e:
-        raise ValueError(f"checkpoint {args.checkpoint} does not fit {args.model}: {e}") from None
-    return model
+    return create_from_checkpoint(args.model, args.checkpoint, num_classes=args.num_classes)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

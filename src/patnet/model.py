@@ -67,6 +67,8 @@ __all__ = [
     "load_official_state_dict",
     "load_model",
     "load_strict",
+    "create_from_checkpoint",
+    "require_models",
     "checkpoint_filter_fn",
 ]
 
@@ -1056,6 +1058,44 @@ def load_model(path: Union[str, Path], act_layer: Optional[LayerType] = None, **
     model = PATNet(**config)
     load_strict(model, sd)
     return model.eval()
+
+
+def require_models(*names: str) -> None:
+    """Raise a one-line ``ValueError`` naming every name that timm does not know (PATNet's are registered)."""
+    import timm
+
+    unknown = [n for n in names if not timm.is_model(n)]
+    if unknown:
+        raise ValueError(f"unknown model name(s) {', '.join(unknown)}; see timm.list_models() "
+                         "(patnet_t0 .. patnet_l, fasternet_t0 .. fasternet_l, ...)")
+
+
+def create_from_checkpoint(
+        name: str,
+        checkpoint: Union[str, Path],
+        act_layer: Optional[str] = None,
+        num_classes: Optional[int] = None,
+) -> nn.Module:
+    """The registered timm model ``name`` with weights from any checkpoint, loaded strictly.
+
+    Accepts our training checkpoints (``last.pth`` / ``best.pth``), ``.safetensors`` from ``patnet convert``, and the
+    authors' layout (converted on the fly; ``act_layer`` for one whose activation is not the variant's). The class
+    count is read from the classifier unless ``num_classes`` is given.
+    """
+    import timm
+
+    require_models(name)
+    raw = load_official_state_dict(checkpoint)
+    sd = checkpoint_filter_fn(raw, None)
+    if num_classes is None:
+        num_classes = next((v.shape[0] for k, v in sd.items() if k.endswith("classifier.weight")), 0)
+    kwargs: Dict[str, Any] = {"act_layer": act_layer} if act_layer is not None and name in VARIANTS else {}
+    model = timm.create_model(name, num_classes=num_classes, **kwargs)
+    try:
+        load_strict(model, sd)
+    except ValueError as e:
+        raise ValueError(f"checkpoint {checkpoint} does not fit {name}: {e}") from None
+    return model
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:

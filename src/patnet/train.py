@@ -259,10 +259,9 @@ def _resolve(cfg: TrainConfig, recipe: Dict[str, Any], world: int) -> Dict[str, 
 def _create_model(name: str, num_classes: int, drop_path_rate: Optional[float]) -> nn.Module:
     import timm
 
-    from . import model as _model  # noqa: F401  (registers patnet_*)
+    from .model import require_models
 
-    if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}; see timm.list_models() (patnet_t0 .. patnet_l, fasternet_t0 ..)")
+    require_models(name)
     kwargs: Dict[str, Any] = {"num_classes": num_classes}
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
@@ -483,34 +482,14 @@ def validate(
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint on ``data``'s val split: a training checkpoint of ours, weights from
     ``patnet convert`` (.safetensors), or an authors'-layout checkpoint (converted on the fly, strictly)."""
-    from .model import VARIANTS, _is_official_layout, _unwrap, checkpoint_filter_fn, load_strict
+    from .model import create_from_checkpoint
 
     d = _init_distributed()
     info = resolve_dataset(data)
-    if checkpoint.suffix == ".safetensors":
-        from .io import load_weights
-
-        sd, _ = load_weights(checkpoint)
-    else:
-        obj = load_checkpoint(checkpoint)
-        if isinstance(obj, dict) and "arch" in obj and obj["arch"].get("model") not in (None, model_name):
-            raise ValueError(f"{checkpoint} holds a {obj['arch']['model']}, not a {model_name}")
-        sd = _unwrap(obj)
-    official = _is_official_layout(sd)
-    sd = checkpoint_filter_fn(sd, None)
-    classes = next((v.shape[0] for k, v in sd.items() if k.endswith("classifier.weight")), None)
+    model = create_from_checkpoint(model_name, checkpoint, act_layer)
+    classes = getattr(model, "num_classes", None)
     if classes != info.num_classes:
         raise ValueError(f"{checkpoint} has {classes} classes; {data} has {info.num_classes}")
-    kwargs: Dict[str, Any] = {}
-    if official and act_layer is not None and model_name in VARIANTS:
-        kwargs["act_layer"] = act_layer
-    import timm
-
-    model = _create_model(model_name, classes, None) if not kwargs else timm.create_model(model_name, num_classes=classes, **kwargs)
-    try:
-        load_strict(model, sd)
-    except ValueError as e:
-        raise ValueError(f"{checkpoint} does not fit {model_name}: {e}") from None
     model = model.to(d.device)
     ds = build_dataset(info, "val", build_transform(img_size, False, crop_pct=crop_pct))
     res = evaluate(model, _loader(ds, batch_size, False, d, workers, 0), d, amp, max_batches=max_batches)

@@ -36,31 +36,6 @@ class TimmFpnBackbone(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
-def _load_classifier(name: str, checkpoint: Union[str, Path], act_layer: Optional[str]) -> nn.Module:
-    """A timm classifier with a classification checkpoint loaded strictly (ours or the authors' layout)."""
-    import timm
-
-    from ..io import load_weights
-    from ..model import VARIANTS, _is_official_layout, _unwrap, checkpoint_filter_fn, load_strict
-    from ..train import load_checkpoint
-
-    path = Path(checkpoint)
-    if path.suffix == ".safetensors":
-        sd, _ = load_weights(path)
-    else:
-        sd = _unwrap(load_checkpoint(path))
-    official = _is_official_layout(sd)
-    sd = checkpoint_filter_fn(sd, None)
-    classes = next((v.shape[0] for k, v in sd.items() if k.endswith("classifier.weight")), 0)
-    kwargs = {"act_layer": act_layer} if official and act_layer and name in VARIANTS else {}
-    model = timm.create_model(name, num_classes=classes, **kwargs)
-    try:
-        load_strict(model, sd)
-    except ValueError as e:
-        raise ValueError(f"backbone checkpoint {path} does not fit {name}: {e}") from None
-    return model
-
-
 def build_backbone(
         name: str,
         checkpoint: Optional[Union[str, Path]] = None,
@@ -84,16 +59,17 @@ def build_backbone(
     from timm.layers import freeze_batch_norm_2d
     from timm.models import FeatureListNet
 
-    from .. import model as _model  # noqa: F401  (registers patnet_*)
+    from ..model import require_models
 
-    if not timm.is_model(name):
-        raise ValueError(f"unknown backbone {name!r}; see timm.list_models() (patnet_t0 .. patnet_l, fasternet_t0 ..)")
+    require_models(name)
     if norm not in NORM_MODES:
         raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
     if not 0 <= trainable_stages <= 4:
         raise ValueError(f"trainable_stages must be 0..4, got {trainable_stages}")
     if checkpoint is not None:
-        body = FeatureListNet(_load_classifier(name, checkpoint, act_layer), out_indices=(0, 1, 2, 3),
+        from ..model import create_from_checkpoint
+
+        body = FeatureListNet(create_from_checkpoint(name, checkpoint, act_layer), out_indices=(0, 1, 2, 3),
                               flatten_sequential=True)
     else:
         body = timm.create_model(name, features_only=True, out_indices=(0, 1, 2, 3))
