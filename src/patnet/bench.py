@@ -29,7 +29,8 @@ from .export import deploy_form
 from .flops import count_flops, count_params
 from .model import require_models
 
-__all__ = ["BenchRow", "run_benchmark", "matmul_peak_gflops", "environment", "write_results", "plot_results"]
+__all__ = ["BenchRow", "run_benchmark", "matmul_peak_gflops", "environment", "write_results", "plot_results",
+           "format_table"]
 
 _log = logging.getLogger(__name__)
 
@@ -121,13 +122,13 @@ def _time_interleaved(
 def _ort_session(model: nn.Module, img_size: int, threads: int, tmpdir: Path, name: str) -> Callable[[], Any]:
     import onnxruntime as ort
 
-    from .export import _export_onnx
+    from .export import export_onnx_file
 
     path = tmpdir / f"{name}.onnx"
     x = torch.randn(1, 3, img_size, img_size)
     with torch.no_grad():
         model(x)
-        _export_onnx(model, x, path, dynamic_batch=False, opset=18)
+        export_onnx_file(model, x, path, dynamic_batch=False, opset=18)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -253,7 +254,8 @@ def run_benchmark(
     }
 
 
-def _fmt_table(results: Dict[str, Any]) -> str:
+def format_table(results: Dict[str, Any]) -> str:
+    """The results as a markdown table, with the matmul peaks below it."""
     rows = results["rows"]
     keys = [f"{t}t" for t in results["settings"]["threads"]]
     head = ["model", "params M", "GFLOPs"]
@@ -311,7 +313,7 @@ def write_results(results: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
             w.writerows(flat)
     with atomic_path(paths["md"]) as tmp:
         env = results["environment"]
-        tmp.write_text(_fmt_table(results) + f"\n\nmachine: {env['cpu']} ({env['logical_cpus']} logical CPUs); "
+        tmp.write_text(format_table(results) + f"\n\nmachine: {env['cpu']} ({env['logical_cpus']} logical CPUs); "
                        f"torch {env['torch']}, timm {env['timm']}, python {env['python']}; {env['date']}\n")
     plot_results(results, paths["png"])
     return paths

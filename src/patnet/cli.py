@@ -97,7 +97,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import _fmt_table, run_benchmark, write_results
+    from .bench import format_table, run_benchmark, write_results
 
     results = run_benchmark(
         [m.strip() for m in args.models.split(",") if m.strip()], img_size=args.img_size, threads=args.threads,
@@ -105,7 +105,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         gpu=False if args.no_gpu else None,
     )
     paths = write_results(results, args.output)
-    print(_fmt_table(results))
+    print(format_table(results))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

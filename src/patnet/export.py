@@ -79,7 +79,8 @@ def _require(module: str, extra: str = "deploy") -> None:
         raise ImportError(f"{module} is not installed: pip install 'patnet[{extra}]'")
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool, opset: int) -> None:
+def export_onnx_file(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool, opset: int) -> None:
+    """Write ``model`` traced on ``example`` as ONNX (no verification; ``export_model`` verifies)."""
     _require("onnx")
     _require("onnxscript")
     kwargs = {}
@@ -155,7 +156,7 @@ def export_model(
     with atomic_path(path) as tmp:
         with torch.no_grad():
             if fmt == "onnx":
-                _export_onnx(deploy, example, tmp, dynamic_batch, opset)
+                export_onnx_file(deploy, example, tmp, dynamic_batch, opset)
                 run = lambda x: _run_onnx(tmp, x)  # noqa: E731
             else:
                 _export_torchscript(deploy, example, tmp)

@@ -34,7 +34,7 @@ from .errors import PatnetError
 from .io import atomic_path
 
 __all__ = ["TrainConfig", "RECIPES", "recipe_for", "train", "validate", "evaluate", "TrainingError",
-           "parse_size_schedule", "load_checkpoint"]
+           "parse_size_schedule", "load_checkpoint", "init_distributed", "all_sum", "seed_everything"]
 
 _log = logging.getLogger(__name__)
 
@@ -133,7 +133,8 @@ class _Dist:
         return self.rank == 0
 
 
-def _init_distributed() -> _Dist:
+def init_distributed() -> _Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on GPU); rank, world and device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
@@ -148,7 +149,8 @@ def _init_distributed() -> _Dist:
     return _Dist(rank, world, local, device)
 
 
-def _all_sum(values: Sequence[float], d: _Dist) -> List[float]:
+def all_sum(values: Sequence[float], d: _Dist) -> List[float]:
+    """Sum scalars over every rank (a no-op in a single process)."""
     t = torch.tensor(list(values), dtype=torch.float64, device=d.device)
     if d.world > 1:
         dist.all_reduce(t)
@@ -156,6 +158,7 @@ def _all_sum(values: Sequence[float], d: _Dist) -> List[float]:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
@@ -207,7 +210,7 @@ def evaluate(model: nn.Module, loader: DataLoader, d: _Dist, amp: str = "none", 
         correct1 += (top[:, 0] == labels).sum().item()
         correct5 += (top == labels[:, None]).any(dim=1).sum().item()
         count += len(labels)
-    loss_sum, correct1, correct5, count, skipped = _all_sum([loss_sum, correct1, correct5, count, skipped], d)
+    loss_sum, correct1, correct5, count, skipped = all_sum([loss_sum, correct1, correct5, count, skipped], d)
     count = max(count, 1.0)
     return {"loss": loss_sum / count, "top1": 100 * correct1 / count, "top5": 100 * correct5 / count,
             "count": int(count), "skipped": int(skipped)}
@@ -282,7 +285,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     from timm.utils import ModelEmaV3, dispatch_clip_grad
     from tqdm.auto import tqdm
 
-    d = _init_distributed()
+    d = init_distributed()
     out = Path(cfg.output)
     if cfg.batch_size < 2:
         raise ValueError("--batch-size must be at least 2 (PATNet's channel gate uses BatchNorm over the batch)")
@@ -388,7 +391,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 images = images.contiguous(memory_format=torch.channels_last)
             with _autocast(cfg.amp, d.device):
                 loss = criterion(net(images), targets)
-            (reduced,) = _all_sum([loss.item()], d)
+            (reduced,) = all_sum([loss.item()], d)
             reduced /= d.world
             if not math.isfinite(reduced):
                 last = out / "last.pth"
@@ -415,7 +418,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             bar.update(1)
         bar.close()
         train_seconds = time.perf_counter() - t0
-        (skipped,) = _all_sum([skipped], d)
+        (skipped,) = all_sum([skipped], d)
         images_epoch = seen * d.world
         total_images += images_epoch
         total_time += train_seconds
@@ -484,7 +487,7 @@ def validate(
     ``patnet convert`` (.safetensors), or an authors'-layout checkpoint (converted on the fly, strictly)."""
     from .model import create_from_checkpoint
 
-    d = _init_distributed()
+    d = init_distributed()
     info = resolve_dataset(data)
     model = create_from_checkpoint(model_name, checkpoint, act_layer)
     classes = getattr(model, "num_classes", None)

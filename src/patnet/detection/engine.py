@@ -23,7 +23,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..errors import PatnetError
 from ..io import atomic_path
-from ..train import _all_sum, _init_distributed, load_checkpoint, seed_everything
+from ..train import all_sum, init_distributed, load_checkpoint, seed_everything
 from .data import CocoDataset, collate, detection_transform
 from .models import build_detector
 
@@ -95,7 +95,7 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
     """Train a detector; evaluates on the validation split at the end (if given). Returns the final metrics."""
     from tqdm.auto import tqdm
 
-    d = _init_distributed()
+    d = init_distributed()
     if cfg.task not in ("boxes", "masks"):
         raise ValueError(f"--task must be boxes or masks, got {cfg.task!r}")
     masks = cfg.task == "masks"
@@ -158,7 +158,7 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
             targets = [{k: (v.to(d.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
             losses = net(images, targets)
             loss = sum(losses.values())
-            (reduced,) = _all_sum([loss.item()], d)
+            (reduced,) = all_sum([loss.item()], d)
             reduced /= d.world
             if not math.isfinite(reduced):
                 raise DetectionError(f"loss became {reduced} at epoch {epoch + 1}, step {i + 1}; stopped. "
@@ -202,7 +202,7 @@ def evaluate_detector(model: nn.Module, dataset: CocoDataset, d: Any = None, out
     from pycocotools import mask as mask_utils
     from pycocotools.cocoeval import COCOeval
 
-    d = d or _init_distributed()
+    d = d or init_distributed()
     model.eval()
     indices = list(range(len(dataset)))[: max_images or None]
     shard = indices[d.rank::d.world]
