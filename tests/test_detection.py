@@ -237,3 +237,9 @@ def test_detection_distributed_two_processes(coco_data, tmp_path):
     assert metrics["images"] == 4  # both ranks' shards gathered before scoring
     assert json.loads((out / "args.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in out.iterdir()) == ["args.json", "coco_metrics.json", "last.pth", "log.jsonl"]
+
+
+def test_roi_batch_size_reaches_the_sampler():
+    model = build_detector("patnet_t0", 3, task="masks", min_size=64, max_size=96, roi_batch_size=64)
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 64
+    assert build_detector("patnet_t0", 3, min_size=64).roi_heads.fg_bg_sampler.batch_size_per_image == 512

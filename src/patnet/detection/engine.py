@@ -56,6 +56,7 @@ class DetectConfig:
     backbone_act: Optional[str] = None
     trainable_stages: int = 4
     norm: str = "frozen"
+    roi_batch_size: int = 512
     clip_grad: Optional[float] = 10.0
     seed: int = 0
     workers: int = 2
@@ -107,7 +108,7 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
     max_size = cfg.max_size or int(round(cfg.img_size * 5 / 3))
     seed_everything(cfg.seed)
     model = build_detector(cfg.model, train_ds.num_classes, cfg.task, cfg.img_size, max_size, cfg.backbone_checkpoint,
-                           cfg.backbone_act, cfg.trainable_stages, cfg.norm).to(d.device)
+                           cfg.backbone_act, cfg.trainable_stages, cfg.norm, cfg.roi_batch_size).to(d.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch = 0

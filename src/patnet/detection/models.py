@@ -93,11 +93,14 @@ def build_detector(
         act_layer: Optional[str] = None,
         trainable_stages: int = 4,
         norm: str = "frozen",
+        roi_batch_size: int = 512,
 ) -> nn.Module:
     """Faster R-CNN (``task='boxes'``) or Mask R-CNN (``task='masks'``) with a timm FPN backbone.
 
     ``num_classes`` counts the object classes without the background (torchvision's count is this plus one).
     ``min_size`` / ``max_size`` are torchvision's resize bounds for the shorter / longer image side.
+    ``roi_batch_size`` is torchvision's ``box_batch_size_per_image`` (RoIs sampled per image for the box and mask
+    heads in training): 512 by default; 128 makes Mask R-CNN training ~4x cheaper on a CPU for images with few objects.
     """
     from torchvision.models.detection import FasterRCNN, MaskRCNN
 
@@ -107,4 +110,5 @@ def build_detector(
         raise ValueError(f"min_size {min_size} is too small for a 32x backbone with an FPN; use at least 64")
     body = build_backbone(backbone, checkpoint, act_layer, trainable_stages, norm)
     cls = MaskRCNN if task == "masks" else FasterRCNN
-    return cls(body, num_classes=num_classes + 1, min_size=min_size, max_size=max_size)
+    return cls(body, num_classes=num_classes + 1, min_size=min_size, max_size=max_size,
+               box_batch_size_per_image=roi_batch_size)
