@@ -34,7 +34,7 @@ from .errors import PatnetError
 from .io import atomic_path
 
 __all__ = ["TrainConfig", "RECIPES", "recipe_for", "train", "validate", "evaluate", "TrainingError",
-           "parse_size_schedule", "load_checkpoint", "init_distributed", "all_sum", "seed_everything"]
+           "parse_size_schedule", "load_checkpoint", "init_distributed", "all_sum", "seed_everything", "epoch_seed"]
 
 _log = logging.getLogger(__name__)
 
@@ -155,6 +155,11 @@ def all_sum(values: Sequence[float], d: _Dist) -> List[float]:
     if d.world > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch on one rank: runs resumed at an epoch boundary replay the same randomness."""
+    return seed * 1_000_003 + epoch * 1009 + rank
 
 
 def seed_everything(seed: int) -> None:
@@ -363,11 +368,10 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     step = start_epoch * steps_per_epoch
     metrics: Dict[str, Any] = history[-1] if history else {}
     for epoch in range(start_epoch, cfg.epochs):
-        epoch_seed = cfg.seed * 1_000_003 + epoch * 1009 + d.rank
-        seed_everything(epoch_seed)
+        seed_everything(epoch_seed(cfg.seed, epoch, d.rank))
         size = _size_at(schedule, epoch)
         train_ds.transform = build_transform(size, True, r["auto_augment"], tuple(cfg.scale))
-        loader = _loader(train_ds, cfg.batch_size, True, d, cfg.workers, cfg.seed * 1_000_003 + epoch)
+        loader = _loader(train_ds, cfg.batch_size, True, d, cfg.workers, epoch_seed(cfg.seed, epoch))
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
         net.train()

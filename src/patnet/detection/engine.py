@@ -23,7 +23,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..errors import PatnetError
 from ..io import atomic_path
-from ..train import all_sum, init_distributed, load_checkpoint, seed_everything
+from ..train import all_sum, epoch_seed, init_distributed, load_checkpoint, seed_everything
 from .data import CocoDataset, collate, detection_transform
 from .models import build_detector
 
@@ -137,8 +137,8 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
     total = per_epoch * cfg.epochs
     history: List[Dict[str, Any]] = []
     for epoch in range(start_epoch, cfg.epochs):
-        seed_everything(cfg.seed * 1_000_003 + epoch * 1009 + d.rank)
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        seed_everything(epoch_seed(cfg.seed, epoch, d.rank))
+        g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
         sampler = DistributedSampler(train_ds, d.world, d.rank, seed=cfg.seed, drop_last=True) if d.world > 1 \
             else RandomSampler(train_ds, generator=g)
         if isinstance(sampler, DistributedSampler):
@@ -262,8 +262,6 @@ def predict_image(model: nn.Module, image_path: Path, out_path: Path, score_thre
     from torchvision.transforms.functional import pil_to_tensor, to_pil_image
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-    from ..io import atomic_path as _atomic
-
     if not Path(image_path).is_file():
         raise FileNotFoundError(f"image {image_path} does not exist")
     from PIL import Image
@@ -281,6 +279,6 @@ def predict_image(model: nn.Module, image_path: Path, out_path: Path, score_thre
         drawn = draw_segmentation_masks(drawn, out["masks"][keep][:, 0] > 0.5, alpha=0.45)
     if keep.any():
         drawn = draw_bounding_boxes(drawn, out["boxes"][keep], labels=labels, colors="yellow", width=2)
-    with _atomic(Path(out_path)) as tmp:
+    with atomic_path(Path(out_path)) as tmp:
         to_pil_image(drawn).save(tmp, format="PNG")
     return {"detections": int(keep.sum()), "labels": labels, "output": str(out_path)}
