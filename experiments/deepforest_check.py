@@ -20,6 +20,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("outputs/deepforest/run"))
     ap.add_argument("--out", type=Path, default=Path("docs/results/deepforest"))
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--roi-batch-size", type=int, default=512)
     args = ap.parse_args()
     coco_dir = args.work / "coco"
     ann = deepforest_to_coco(args.wheel, coco_dir, single_class="Tree", tile=400)
@@ -35,6 +36,7 @@ def main() -> None:
                     "--ann", str(coco_dir / "train.json"), "--images", str(coco_dir / "images"),
                     "--val-ann", str(coco_dir / "val.json"), "--val-images", str(coco_dir / "images"),
                     "--epochs", str(args.epochs), "--batch-size", "2", "--img-size", "400", "--lr", "3e-4",
+                    "--roi-batch-size", str(args.roi_batch_size),
                     "--warmup-iters", "30", "--workers", "0", "--output", str(train_out), "--no-progress"], check=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in sorted(val_sources):
@@ -43,7 +45,8 @@ def main() -> None:
                         "--score-threshold", "0.4"], check=True)
     metrics = json.loads((train_out / "coco_metrics.json").read_text())
     n_train = sum(1 for i in coco["images"] if i["source"] not in val_sources)
-    summary = {"train_tiles": n_train, "val_images": sorted(val_sources), "epochs": args.epochs, "boxes": metrics["boxes"]}
+    summary = {"train_tiles": n_train, "val_images": sorted(val_sources), "epochs": args.epochs,
+               "roi_batch_size": args.roi_batch_size, "boxes": metrics["boxes"]}
     (args.out.with_suffix(".json")).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
