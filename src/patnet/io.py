@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["atomic_path", "save_weights", "load_weights", "check_writable"]
+__all__ = ["atomic_path", "save_weights", "load_weights", "read_checkpoint", "check_writable"]
 
 PathLike = Union[str, Path]
 
@@ -65,22 +65,38 @@ def save_weights(
     return path
 
 
+def read_checkpoint(path: PathLike) -> Any:
+    """Load a checkpoint file as it was saved: ``.safetensors`` gives its tensors by name, anything else goes through
+    ``torch.load(weights_only=True)`` (tensors and plain Python values only, never arbitrary objects).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file is truncated or not a checkpoint (one line, naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch / safetensors raise many types for broken files
+        raise ValueError(f"cannot read checkpoint {path}: truncated or not a checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
 def load_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """Read what ``save_weights`` wrote: (state dict, config); config is empty when none was stored."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+    obj = read_checkpoint(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        return load_file(str(path)), json.loads(meta.get("patnet_config", "{}"))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        return obj, json.loads(meta.get("patnet_config", "{}"))
     if isinstance(obj, Mapping) and "state_dict" in obj:
         return dict(obj["state_dict"]), dict(obj.get("config") or {})
     return dict(obj), {}

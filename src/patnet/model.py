@@ -936,18 +936,9 @@ def _unwrap(obj: Any) -> Dict[str, torch.Tensor]:
 def load_official_state_dict(source: Union[str, Path, Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
     """Load a state dict from a file (``.pth``/``.pt``/``.ckpt`` or ``.safetensors``) or a mapping, unwrapped."""
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        from .io import read_checkpoint
 
-            obj: Any = load_file(str(path))
-        else:
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # truncated / not a torch file: say so in one line
-                raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        obj: Any = read_checkpoint(source)
     else:
         obj = source
     return _unwrap(obj)

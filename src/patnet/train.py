@@ -31,7 +31,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .data import build_dataset, build_transform, collate_skip_bad, resolve_dataset
 from .errors import PatnetError
-from .io import atomic_path
+from .io import atomic_path, read_checkpoint
 
 __all__ = ["TrainConfig", "RECIPES", "recipe_for", "train", "validate", "evaluate", "TrainingError",
            "parse_size_schedule", "load_checkpoint", "init_distributed", "all_sum", "seed_everything", "epoch_seed"]
@@ -174,13 +174,8 @@ def seed_everything(seed: int) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """Read a checkpoint; a missing, truncated or foreign file is a one-line ``ValueError``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"checkpoint {path} is truncated or not a checkpoint ({type(e).__name__})") from None
+    """Read a training checkpoint; a missing, truncated or foreign file is a one-line error (``io.read_checkpoint``)."""
+    return read_checkpoint(path)
 
 
 def _save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
