@@ -6,6 +6,7 @@ as one line, ``patnet: error: ...``, and exit status 2; ``--traceback`` shows th
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -18,6 +19,11 @@ _log = logging.getLogger("patnet")
 from .errors import PatnetError
 
 USER_ERRORS = (PatnetError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError, ImportError, KeyError)
+
+
+def _is_rank0() -> bool:
+    """Only one process of a torchrun job prints the results."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -156,7 +162,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     cfg.scale = tuple(cfg.scale)
     metrics = train(cfg)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if _is_rank0():
         print(json.dumps(metrics, indent=2))
     return 0
 
@@ -242,7 +248,7 @@ def _cmd_detect_train(args: argparse.Namespace) -> int:
     names = {f.name for f in fields(DetectConfig)}
     cfg = DetectConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k in names})
     metrics = train_detector(cfg)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if _is_rank0():
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
     return 0
 
