@@ -11,7 +11,8 @@ from patnet.model import (
     EuclideanRelPosBias,
     PartialChannelAttention,
     PartialSelfAttention,
-    cached_bucket_index,
+    BUCKET_INDEX_CACHE,
+    BucketIndexCache,
     channel_mean_std,
     euclidean_bucket_index,
 )
@@ -49,12 +50,22 @@ def test_far_distances_use_log_buckets():
 
 def test_bias_is_cached_per_size():
     rel = EuclideanRelPosBias(4)
-    cached_bucket_index.cache_clear()
+    BUCKET_INDEX_CACHE.cache_clear()
     rel(5, 6)
     rel(5, 6)
     rel(6, 5)
-    info = cached_bucket_index.cache_info()
-    assert info.misses == 2 and info.hits == 1
+    assert BUCKET_INDEX_CACHE.misses == 2 and BUCKET_INDEX_CACHE.hits == 1
+
+
+def test_bucket_index_cache_is_bounded():
+    cache = BucketIndexCache(max_entries=3, max_bytes=1 << 20)
+    for side in (4, 5, 6, 7):
+        cache(side, side, 20.0, 40.0, 160.0, torch.device("cpu"))
+    assert len(cache) == 3  # the oldest size was evicted
+    cache(40, 40, 20.0, 40.0, 160.0, torch.device("cpu"))  # 1600 x 1600 int32 = 10 MB: over the byte bound, not kept
+    assert len(cache) == 3 and cache.nbytes() <= 1 << 20
+    big = cache(40, 40, 20.0, 40.0, 160.0, torch.device("cpu"))
+    assert torch.equal(big.long(), euclidean_bucket_index(40, 40))
 
 
 def test_mean_std_unbiased_and_one_pixel_defined():

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -47,7 +48,13 @@ class BenchRow:
     cpu_p90_ms: Dict[str, float] = field(default_factory=dict)
     achieved_gflops_per_s: Dict[str, float] = field(default_factory=dict)  # 2 * MACs / median latency
     train_form_ms: Dict[str, float] = field(default_factory=dict)  # PATNet only: unfused eval model
-    ort_ms: Dict[str, float] = field(default_factory=dict)
+    ort_ms: Dict[str, float] = field(default_factory=dict)  # ONNX Runtime fp32, static form
+    ort_int8_ms: Dict[str, float] = field(default_factory=dict)  # ONNX Runtime int8 (QDQ), static form
+    compiled_ms: Dict[str, float] = field(default_factory=dict)  # torch.compile (inductor, freezing)
+    ov_ms: Dict[str, float] = field(default_factory=dict)  # OpenVINO fp32, static form
+    ov_int8_ms: Dict[str, float] = field(default_factory=dict)  # OpenVINO int8 (NNCF post-training quantization)
+    compile_s: Optional[float] = None  # compilation time, first call included
+    int8_quantized_nodes: Optional[int] = None
     gpu_fp32_b32_img_s: Optional[float] = None
     gpu_best_img_s: Optional[float] = None
     gpu_best_batch: Optional[int] = None
@@ -59,16 +66,20 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 def matmul_peak_gflops(threads: int = 1, n: int = 1024, iters: int = 20) -> float:
-    """GFLOP/s of an n x n fp32 matmul (2 n^3 FLOPs), best of ``iters``, at ``threads`` threads."""
+    """GFLOP/s of an n x n fp32 matmul (2 n^3 FLOPs), best of ``iters``, at ``threads`` threads (restored after)."""
+    caller = torch.get_num_threads()
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = math.inf
-    for _ in range(iters):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(3):
+            a @ b
+        best = math.inf
+        for _ in range(iters):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(caller)
     return 2 * n ** 3 / best / 1e9
 
 
@@ -119,26 +130,33 @@ def _time_interleaved(
     return times
 
 
-def _ort_session(model: nn.Module, img_size: int, threads: int, tmpdir: Path, name: str) -> Callable[[], Any]:
-    import onnxruntime as ort
+def _export_for_ort(model: nn.Module, img_size: int, tmpdir: Path, name: str, int8: bool,
+                    calib: Optional[List[np.ndarray]]) -> Dict[str, Path]:
+    """The static form as fp32 ONNX (verified against PyTorch) and, with ``int8``, its QDQ quantization."""
+    from .export import export_model
+    from .quantize import quantize_onnx
 
-    from .export import export_onnx_file
+    paths = {"fp32": tmpdir / f"{name}.onnx"}
+    export_model(model, paths["fp32"], "onnx", (img_size, img_size), form="static")
+    if int8:
+        paths["int8"] = tmpdir / f"{name}.int8.onnx"
+        quantize_onnx(paths["fp32"], paths["int8"], calib or [])
+    return paths
 
-    path = tmpdir / f"{name}.onnx"
-    x = torch.randn(1, 3, img_size, img_size)
-    with torch.no_grad():
-        model(x)
-        export_onnx_file(model, x, path, dynamic_batch=False, opset=18)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    # ORT's pool spins after each run by default, stealing the cores from the next (interleaved) model.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {"input": x.numpy()}
-    return lambda: sess.run(None, feed)
+
+def generated_calibration(img_size: int, n: int = 32, seed: int = 0) -> List[np.ndarray]:
+    """``n`` smooth random images (low-frequency noise, normalised like ImageNet inputs) for speed-only int8 runs.
+
+    Enough to set activation ranges for timing; accuracy of an int8 model is measured with real images
+    (``patnet quantize`` / ``patnet validate --onnx``), never with these.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        low = torch.randn(1, 3, 7, 7, generator=g)
+        img = torch.nn.functional.interpolate(low, size=(img_size, img_size), mode="bicubic", align_corners=False)
+        out.append((img + 0.3 * torch.randn(1, 3, img_size, img_size, generator=g)).numpy().astype(np.float32))
+    return out
 
 
 def _gpu_throughput(model: nn.Module, img_size: int, batch: int, amp: bool, iters: int = 200) -> float:
@@ -160,81 +178,152 @@ def _gpu_throughput(model: nn.Module, img_size: int, batch: int, amp: bool, iter
     return batch * iters / (time.perf_counter() - t)
 
 
+RUNTIMES = ("eager", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
+
+
+def _openvino_request(onnx_path: Path, threads: int, calib: Optional[List[np.ndarray]]) -> Callable[[], Any]:
+    """An OpenVINO CPU infer request for the ONNX file (fp32), or for its NNCF int8 quantization with ``calib``."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    if calib is not None:
+        import nncf
+
+        model = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                                 "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})
+    return compiled.create_infer_request()
+
+
 def run_benchmark(
         models: Sequence[str],
         img_size: int = 224,
         threads: Sequence[int] = (1, 2),
         warmup: int = 10,
         iters: int = 200,
-        runtime: str = "torch",
+        runtimes: Sequence[str] = ("eager",),
         train_form: bool = True,
         gpu: Optional[bool] = None,
         show_progress: bool = True,
+        calib: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Benchmark registered timm model names (PATNet's after ``import patnet``); see the module docstring.
+
+    ``runtimes``: PyTorch eager is always timed; add 'compile' (``export.compiled_form``), 'onnxruntime' (fp32) and
+    'onnxruntime-int8' (fp32 and int8 QDQ of the same static form, calibrated on ``calib`` data's training images,
+    else on generated images: speed only). Every runtime of every model is timed interleaved, per thread count.
+    The caller's thread count is restored.
 
     Returns a dict with ``environment``, ``settings``, ``matmul_peak_gflops`` and ``rows`` (one ``BenchRow`` each).
 
     Raises:
-        ValueError: A model name is not registered.
-        ImportError: ``runtime='onnxruntime'`` without onnxruntime installed.
+        ValueError: A model name is not registered, a runtime is unknown, or a thread count is below 1.
+        ImportError: An ONNX Runtime runtime without onnxruntime installed.
     """
     import timm
     from tqdm.auto import tqdm
 
+    from .export import _require, compiled_form, ort_session
+
     require_models(*models)
-    if runtime not in ("torch", "onnxruntime"):
-        raise ValueError(f"unknown runtime {runtime!r}; use 'torch' or 'onnxruntime'")
-    if runtime == "onnxruntime":
-        import importlib.util
-
-        if importlib.util.find_spec("onnxruntime") is None:
-            raise ImportError("onnxruntime is not installed: pip install 'patnet[deploy]'")
+    runtimes = ["eager" if r == "torch" else r for r in runtimes]
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise ValueError(f"unknown runtime {unknown[0]!r}; use {', '.join(RUNTIMES)}")
+    if not threads or min(threads) < 1:
+        raise ValueError(f"thread counts must be at least 1, got {list(threads)}")
+    use_ov = any(r.startswith("openvino") for r in runtimes)
+    use_ort = use_ov or any(r.startswith("onnxruntime") for r in runtimes)
+    if use_ort:
+        _require("onnxruntime")
+    if use_ov:
+        _require("openvino", "openvino")
+        if "openvino-int8" in runtimes:
+            _require("nncf", "openvino")
     gpu = torch.cuda.is_available() if gpu is None else gpu
+    calib_batches: Optional[List[np.ndarray]] = None
+    int8 = "onnxruntime-int8" in runtimes or "openvino-int8" in runtimes
+    if int8:
+        if calib is None:
+            calib_batches = generated_calibration(img_size)
+        else:
+            from .quantize import Preprocess, image_batches
 
+            calib_batches = None  # per model: each model's own eval transform
+
+    caller_threads = torch.get_num_threads()
     rows: Dict[str, BenchRow] = {}
     deployed: Dict[str, nn.Module] = {}
     training: Dict[str, nn.Module] = {}
-    for name in tqdm(models, desc="building", disable=not show_progress):
-        model = timm.create_model(name).eval()
-        rows[name] = BenchRow(name, round(count_params(model) / 1e6, 3), round(count_flops(model, (img_size, img_size)) / 1e9, 4))
-        deployed[name] = deploy_form(model)
-        if train_form and name.startswith("patnet"):
-            training[name] = model
-
+    compiled: Dict[str, nn.Module] = {}
     x = torch.randn(1, 3, img_size, img_size)
-    peaks: Dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for t in threads:
-            key = f"{t}t"
-            peaks[key] = round(matmul_peak_gflops(t), 1)
-            torch.set_num_threads(t)
-            fns: Dict[str, Callable[[], Any]] = {}
-            for name, m in deployed.items():
-                fns[name] = (lambda m=m: m(x))
-                if name in training:
-                    fns[f"{name}:train"] = (lambda m=training[name]: m(x))
-            if runtime == "onnxruntime":
+    try:
+        with tempfile.TemporaryDirectory(prefix="patnet-bench-") as tmp:
+            onnx_files: Dict[str, Dict[str, Path]] = {}
+            calib_of: Dict[str, Optional[List[np.ndarray]]] = {}
+            for name in tqdm(models, desc="building", disable=not show_progress):
+                model = timm.create_model(name).eval()
+                rows[name] = BenchRow(name, round(count_params(model) / 1e6, 3),
+                                      round(count_flops(model, (img_size, img_size)) / 1e9, 4))
+                deployed[name] = deploy_form(model)
+                if train_form and name.startswith("patnet"):
+                    training[name] = model
+                if use_ort:
+                    batches = calib_batches
+                    if int8 and calib is not None:
+                        pre = Preprocess.for_model(model, name, (img_size, img_size))
+                        batches = [b for b, _ in image_batches(calib, "train", pre, 32, batch_size=1)]
+                    calib_of[name] = batches
+                    onnx_files[name] = _export_for_ort(model, img_size, Path(tmp), name,
+                                                       "onnxruntime-int8" in runtimes, batches)
+                if "compile" in runtimes:
+                    torch.set_num_threads(threads[0])
+                    compiled[name] = compiled_form(model, x)
+                    rows[name].compile_s = round(compiled[name].compile_seconds, 1)
+
+            peaks: Dict[str, float] = {}
+            for t in threads:
+                key = f"{t}t"
+                peaks[key] = round(matmul_peak_gflops(t), 1)
+                torch.set_num_threads(t)
+                fns: Dict[str, Callable[[], Any]] = {}
                 for name, m in deployed.items():
-                    fns[f"{name}:ort"] = _ort_session(m, img_size, t, Path(tmp), f"{name}_{t}")
-            with torch.inference_mode():
-                bar = tqdm(total=iters, desc=f"CPU {t} thread(s)", disable=not show_progress)
-                times = _time_interleaved(fns, warmup, iters, bar)
-                bar.close()
-            for k, v in times.items():
-                name, _, kind = k.partition(":")
-                ms = [s * 1e3 for s in v]
-                med = statistics.median(ms)
-                row = rows[name]
-                if kind == "":
-                    row.cpu_ms[key] = round(med, 3)
-                    row.cpu_p10_ms[key] = round(_percentile(ms, 0.1), 3)
-                    row.cpu_p90_ms[key] = round(_percentile(ms, 0.9), 3)
-                    row.achieved_gflops_per_s[key] = round(2 * row.gflops / (med / 1e3), 1)
-                elif kind == "train":
-                    row.train_form_ms[key] = round(med, 3)
-                else:
-                    row.ort_ms[key] = round(med, 3)
+                    fns[name] = (lambda m=m: m(x))
+                    if name in training:
+                        fns[f"{name}:train"] = (lambda m=training[name]: m(x))
+                    if name in compiled:
+                        fns[f"{name}:compile"] = (lambda m=compiled[name]: m(x))
+                    feed = {"input": x.numpy()}
+                    for precision, path in onnx_files.get(name, {}).items():
+                        # 'onnxruntime-int8' times the fp32 file too, so the int8 speed-up is a same-run ratio
+                        if "onnxruntime-int8" in runtimes or (precision == "fp32" and "onnxruntime" in runtimes):
+                            sess = ort_session(path, t)
+                            fns[f"{name}:ort-{precision}"] = (lambda s=sess, f=feed: s.run(None, f))
+                    for kind, c in (("ov-fp32", None), ("ov-int8", calib_of.get(name))):
+                        if ("openvino" if kind == "ov-fp32" else "openvino-int8") in runtimes:
+                            req = _openvino_request(onnx_files[name]["fp32"], t, c)
+                            fns[f"{name}:{kind}"] = (lambda r=req, f=feed: r.infer({0: f["input"]}))
+                with torch.inference_mode():
+                    bar = tqdm(total=iters, desc=f"CPU {t} thread(s)", disable=not show_progress)
+                    times = _time_interleaved(fns, warmup, iters, bar)
+                    bar.close()
+                for k, v in times.items():
+                    name, _, kind = k.partition(":")
+                    ms = [s * 1e3 for s in v]
+                    med = round(statistics.median(ms), 3)
+                    row = rows[name]
+                    if kind == "":
+                        row.cpu_ms[key] = med
+                        row.cpu_p10_ms[key] = round(_percentile(ms, 0.1), 3)
+                        row.cpu_p90_ms[key] = round(_percentile(ms, 0.9), 3)
+                        row.achieved_gflops_per_s[key] = round(2 * row.gflops / (med / 1e3), 1)
+                    else:
+                        target = {"train": row.train_form_ms, "compile": row.compiled_ms, "ort-fp32": row.ort_ms,
+                                  "ort-int8": row.ort_int8_ms, "ov-fp32": row.ov_ms, "ov-int8": row.ov_int8_ms}[kind]
+                        target[key] = med
+    finally:
+        torch.set_num_threads(caller_threads)
 
     if gpu:
         torch.backends.cudnn.benchmark = True
@@ -247,8 +336,10 @@ def run_benchmark(
 
     return {
         "environment": environment(),
-        "settings": dict(img_size=img_size, threads=list(threads), warmup=warmup, iters=iters, runtime=runtime,
-                         batch=1, dtype="float32", form="deployment (BatchNorm folded)"),
+        "settings": dict(img_size=img_size, threads=list(threads), warmup=warmup, iters=iters,
+                         runtimes=list(runtimes), batch=1, dtype="float32",
+                         form="deployment (BatchNorm folded); ONNX Runtime: static form",
+                         int8_calibration=calib or ("generated images (speed only)" if int8 else None)),
         "matmul_peak_gflops": peaks,
         "rows": [asdict(r) for r in rows.values()],
     }
@@ -264,8 +355,11 @@ def format_table(results: Dict[str, Any]) -> str:
     show_train = any(r["train_form_ms"] for r in rows)
     if show_train:
         head += [f"train-form ms {keys[0]}", "fuse speed-up"]
-    if any(r["ort_ms"] for r in rows):
-        head += [f"ORT ms {k}" for k in keys]
+    extra = [(f, label) for f, label in (("compiled_ms", "compiled ms"), ("ort_ms", "ORT fp32 ms"),
+                                         ("ort_int8_ms", "ORT int8 ms"), ("ov_ms", "OpenVINO fp32 ms"),
+                                         ("ov_int8_ms", "OpenVINO int8 ms")) if any(r[f] for r in rows)]
+    for _, label in extra:
+        head += [f"{label} {k}" for k in keys]
     if any(r["gpu_fp32_b32_img_s"] for r in rows):
         head += ["GPU fp32 b32 img/s", "GPU best img/s (batch)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -277,14 +371,17 @@ def format_table(results: Dict[str, Any]) -> str:
         if show_train:
             tf = r["train_form_ms"].get(keys[0])
             cells += [f"{tf:.2f}" if tf else "", f"{tf / r['cpu_ms'][keys[0]]:.2f}x" if tf else ""]
-        if any(h.startswith("ORT") for h in head):
-            cells += [f"{r['ort_ms'][k]:.2f}" for k in keys]
+        for f, _ in extra:
+            cells += [f"{r[f][k]:.2f}" if k in r[f] else "" for k in keys]
         if "GPU fp32 b32 img/s" in head:
             cells += [f"{r['gpu_fp32_b32_img_s']}", f"{r['gpu_best_img_s']} ({r['gpu_best_batch']})"]
         lines.append("| " + " | ".join(cells) + " |")
     peaks = ", ".join(f"{k}: {v} GFLOP/s" for k, v in results["matmul_peak_gflops"].items())
     lines.append("")
     lines.append(f"fp32 1024x1024 matmul peak in the same run: {peaks}")
+    compile_s = [f"{r['model']} {r['compile_s']} s" for r in rows if r.get("compile_s") is not None]
+    if compile_s:
+        lines.append(f"torch.compile time (first call included, not in the latencies): {', '.join(compile_s)}")
     return "\n".join(lines)
 
 

@@ -105,10 +105,20 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_table, run_benchmark, write_results
 
+    runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
+    if args.compile and "compile" not in runtimes:
+        runtimes.append("compile")
+    if args.suite:
+        from .peers import run_peers
+
+        paths = run_peers(args.suite, args.output, runtimes, threads=args.threads, warmup=args.warmup,
+                          iters=args.iters, calib=args.calib, tiers=args.tiers)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
     results = run_benchmark(
         [m.strip() for m in args.models.split(",") if m.strip()], img_size=args.img_size, threads=args.threads,
-        warmup=args.warmup, iters=args.iters, runtime=args.runtime, train_form=not args.no_train_form,
-        gpu=False if args.no_gpu else None,
+        warmup=args.warmup, iters=args.iters, runtimes=runtimes, train_form=not args.no_train_form,
+        gpu=False if args.no_gpu else None, calib=args.calib,
     )
     paths = write_results(results, args.output)
     print(format_table(results))
@@ -126,12 +136,58 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts (default 1 2)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=200, help="timed forwards per model and thread count")
-    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
-                   help="onnxruntime: also time the ONNX export in ONNX Runtime")
+    p.add_argument("--runtime", default="eager",
+                   help="comma-separated runtimes besides PyTorch eager: compile, onnxruntime (fp32), "
+                        "onnxruntime-int8 (fp32 and int8 of the static form)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd deployment forms")
+    p.add_argument("--calib", help="int8 calibration data (as patnet train --data); default generated images")
+    p.add_argument("--suite", choices=["peers"], help="peers: PATNet T0..S against timm's efficient backbones "
+                   "per tier, with a latency-vs-top-1 plot per runtime (ignores --models)")
+    p.add_argument("--tiers", help="with --suite: comma-separated tiers to run (default all: T0,T1,T2,S)")
     p.add_argument("--no-train-form", action="store_true", help="skip timing PATNet's unfused training form")
     p.add_argument("--no-gpu", action="store_true", help="skip GPU throughput even if CUDA is present")
     p.add_argument("--output", type=Path, default=Path("outputs/bench"), help="folder for json/csv/md/png")
     p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import quantize_model
+
+    model = _load_for_export(args)
+    report = quantize_model(
+        model, args.out, args.calib, name=args.model, img_size=args.img_size, crop_pct=args.crop_pct,
+        method=args.method, calib_images=args.calib_images, eval_images=args.eval_images, max_drop=args.max_drop,
+        seed=args.seed,
+    )
+    acc = (f"top-1 fp32 {report.top1_fp32:.2f}% -> int8 {report.top1_int8:.2f}% (drop {report.drop:.2f} points), "
+           if report.top1_fp32 is not None else "")
+    print(f"wrote {report.path} (int8 QDQ, {report.img_size[0]}x{report.img_size[1]}, {report.method} calibration on "
+          f"{report.calib_images} images); on {report.eval_images} held-out images: {acc}top-1 agreement with fp32 "
+          f"{report.top1_agreement:.2f}%; report {Path(report.path).with_suffix('.json')}")
+    return 0
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    from .quantize import CALIBRATION_METHODS, DEFAULT_MAX_DROP
+
+    p = sub.add_parser("quantize", help="int8 ONNX (QDQ) of any model, calibrated and verified on real images",
+                       description="Export the model's static form, calibrate on --calib images (train split), "
+                                   "quantize with ONNX Runtime (per-channel int8 weights, uint8 activations) and "
+                                   "verify on held-out val images; beyond --max-drop nothing is written.")
+    p.add_argument("model", help="registered model name, e.g. patnet_t0 or fasternet_t0")
+    p.add_argument("out", type=Path, help="output .onnx file (the report goes next to it as .json)")
+    p.add_argument("--checkpoint", type=Path, help="weights: ours (.safetensors/.pth) or the authors' layout")
+    p.add_argument("--num-classes", type=int, help="classes (default: read from the checkpoint, else 1000)")
+    p.add_argument("--calib", required=True, help="data as for patnet train --data (fashion-mnist, a folder, ...)")
+    p.add_argument("--calib-images", type=int, default=256, help="calibration images (default %(default)s)")
+    p.add_argument("--eval-images", type=int, default=1000, help="held-out verification images (default %(default)s)")
+    p.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax", help="calibration (default %(default)s)")
+    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="default: the model's input size")
+    p.add_argument("--crop-pct", type=float, help="eval centre-crop fraction (default: the model's)")
+    p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
+                   help="largest accepted top-1 loss in points (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="which calibration images are drawn")
+    p.set_defaults(func=_cmd_quantize)
 
 
 def _yaml_defaults(parser: argparse.ArgumentParser, argv: List[str]) -> None:
@@ -215,9 +271,26 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    if args.onnx is not None:
+        if args.checkpoint is not None:
+            raise ValueError("give either --onnx or --checkpoint, not both")
+        from .quantize import evaluate_onnx
+
+        res = evaluate_onnx(args.onnx, args.data, args.batch_size, max_images=args.max_images,
+                            img_size=args.img_size, crop_pct=args.crop_pct)
+        print(json.dumps(res, indent=2))
+        if args.output is not None:
+            from .io import atomic_path
+
+            with atomic_path(Path(args.output) / "metrics.json") as tmp:
+                tmp.write_text(json.dumps(res, indent=2))
+        return 0
+    if args.model is None or args.checkpoint is None:
+        raise ValueError("validate needs --model and --checkpoint (or --onnx FILE.onnx)")
     from .train import validate
 
-    res = validate(args.model, args.data, args.checkpoint, args.img_size, args.batch_size, args.crop_pct,
+    res = validate(args.model, args.data, args.checkpoint, args.img_size or 64, args.batch_size,
+                   0.9 if args.crop_pct is None else args.crop_pct,
                    args.act, args.workers, args.amp, args.output, args.max_val_batches)
     print(json.dumps(res, indent=2))
     return 0
@@ -226,12 +299,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _add_validate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="evaluate a checkpoint (ours or the authors') on a val split",
                        description="Top-1, top-5 and loss of a checkpoint on the val split of --data.")
-    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--model", help="registered model name (with --checkpoint)")
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--checkpoint", type=Path, required=True, help="best.pth/last.pth, .safetensors or authors' .pth")
+    p.add_argument("--checkpoint", type=Path, help="best.pth/last.pth, .safetensors or authors' .pth")
+    p.add_argument("--onnx", type=Path, help="evaluate an exported fp32 or int8 ONNX file with ONNX Runtime instead")
     p.add_argument("--act", choices=["gelu", "relu"], help="activation of an authors' checkpoint, if not the variant's")
-    p.add_argument("--img-size", type=int, default=64)
-    p.add_argument("--crop-pct", type=float, default=0.9)
+    p.add_argument("--img-size", type=int, help="eval size (default 64; an ONNX file's own size)")
+    p.add_argument("--crop-pct", type=float, help="eval centre-crop fraction (default 0.9; an ONNX file's own)")
+    p.add_argument("--max-images", type=int, help="with --onnx: evaluate at most this many images")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
@@ -364,7 +439,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
 
 # Sub-command registrars; later capabilities append theirs here.
 _SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
-    _add_convert, _add_export, _add_bench, _add_train, _add_validate, _add_detect,
+    _add_convert, _add_export, _add_quantize, _add_bench, _add_train, _add_validate, _add_detect,
 ]
 
 
@@ -396,10 +471,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"patnet: error: {e}", file=sys.stderr)
             return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    # Our messages at INFO; other libraries' (ONNX Runtime's quantizer logs every bias copy at INFO) at WARNING.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("patnet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as e:

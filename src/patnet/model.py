@@ -18,7 +18,6 @@ Every module here computes exactly what the authors' module computes (the parity
 ``fuse()`` that returns an inference form with BatchNorm folded away, found by ``timm.utils.reparameterize_model``.
 """
 
-import functools
 import math
 import re
 from collections.abc import Mapping
@@ -59,6 +58,9 @@ __all__ = [
     "FusedMlp",
     "PatBlockDeploy",
     "PatAttnBlockDeploy",
+    "StaticMlp",
+    "PatBlockStatic",
+    "PatAttnBlockStatic",
     "PATNet",
     "VARIANTS",
     "from_official",
@@ -148,13 +150,58 @@ def euclidean_bucket_index(
     return index.long() + int(beta)
 
 
+class BucketIndexCache:
+    """A bounded least-recently-used cache of bucket indices, keyed by map size, RPE constants and device.
+
+    Indices are stored as int32 (half of int64) and the cache holds at most ``max_entries`` sizes and ``max_bytes``
+    in all, so serving many large input sizes cannot grow memory without bound (a 2000 x 2000 image alone needs a
+    3844 x 3844 index, 59 MB). Not used while ``torch.compile`` traces: there the index is computed in the graph,
+    where it is a constant of the input size.
+    """
+
+    def __init__(self, max_entries: int = 8, max_bytes: int = 256 << 20) -> None:
+        from collections import OrderedDict
+
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._store: "OrderedDict[Tuple[Any, ...], torch.Tensor]" = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __call__(self, height: int, width: int, alpha: float, beta: float, gamma: float,
+                 device: torch.device) -> torch.Tensor:
+        key = (height, width, alpha, beta, gamma, str(device))
+        index = self._store.get(key)
+        if index is not None:
+            self.hits += 1
+            self._store.move_to_end(key)
+            return index
+        self.misses += 1
+        index = euclidean_bucket_index(height, width, alpha, beta, gamma, device).to(torch.int32)
+        if index.numel() * index.element_size() <= self.max_bytes:
+            self._store[key] = index
+            while len(self._store) > self.max_entries or self.nbytes() > self.max_bytes:
+                self._store.popitem(last=False)
+        return index
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._store.values())
+
+    def cache_clear(self) -> None:
+        self._store.clear()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+BUCKET_INDEX_CACHE = BucketIndexCache()
+
+
 @torch.fx.wrap
-@functools.lru_cache(maxsize=32)
 def cached_bucket_index(
         height: int, width: int, alpha: float, beta: float, gamma: float, device: torch.device
 ) -> torch.Tensor:
-    """``euclidean_bucket_index`` computed once per map size and device (the eager-mode fast path)."""
-    return euclidean_bucket_index(height, width, alpha, beta, gamma, device)
+    """``euclidean_bucket_index`` computed once per map size and device (``BUCKET_INDEX_CACHE``, bounded)."""
+    return BUCKET_INDEX_CACHE(height, width, alpha, beta, gamma, device)
 
 
 register_notrace_function(check_image_input)
@@ -295,7 +342,7 @@ class EuclideanRelPosBias(nn.Module):
         self.bias_table = nn.Parameter(torch.zeros(num_heads, 2 * int(beta) + 1))
 
     def forward(self, height: int, width: int) -> torch.Tensor:
-        if torch.jit.is_scripting():
+        if torch.jit.is_scripting() or torch.compiler.is_compiling():
             index = euclidean_bucket_index(
                 height, width, self.alpha, self.beta, self.gamma, self.bias_table.device
             )
@@ -587,6 +634,116 @@ class PatAttnBlockDeploy(nn.Module):
         y2 = self.proj(out.transpose(1, 2).reshape(B, N, self.dim_untouched)).transpose(1, 2)  # (B, C2, N)
         x = x.flatten(2) + torch.cat([self.conv(x1).flatten(2), y2], dim=1)
         return self.mlp(x, x).view(B, C, H, W)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Static form (``static_form()``): the same algebra as the deployment form, but every 1x1 / 3x3 convolution is a
+# static-weight Conv and every gate multiplies the feature map, so an int8 quantizer sees weight-stationary Convs.
+# ---------------------------------------------------------------------------------------------------------------
+
+def _conv1x1(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
+    """A frozen 1x1 ``nn.Conv2d`` from a (out, in) matrix and an optional (out,) bias."""
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=bias is not None,
+                     device=weight.device, dtype=weight.dtype)
+    conv.weight = nn.Parameter(weight.detach().clone()[:, :, None, None], requires_grad=False)
+    if bias is not None:
+        conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+    return conv
+
+
+class StaticMlp(nn.Module):
+    """``x + PatMlp(y)`` as two static 1x1 Convs (from ``FusedMlp``'s folded weights) and, with PAT_sp, one gate.
+
+    PAT_sp's conv-half shift goes into ``fc2``'s bias; the shift of the gated half follows the gate (``shift``).
+    """
+
+    def __init__(self, fused: FusedMlp) -> None:
+        super().__init__()
+        self.dim, self.dim_attn = fused.dim, fused.dim_attn
+        self.fc1 = _conv1x1(fused.w1, fused.b1[:, 0])
+        self.act = fused.act
+        shift = fused.shift.reshape(-1)
+        if self.dim_attn:
+            bias = torch.cat([torch.zeros_like(shift[: self.dim_attn]), shift[self.dim_attn:],
+                              shift.new_zeros(1)])
+            self.fc2 = _conv1x1(fused.w2, bias)
+            self.register_buffer("shift", shift[: self.dim_attn].reshape(1, -1, 1, 1).clone())
+        else:
+            self.fc2 = _conv1x1(fused.w2, None)
+            self.register_buffer("shift", shift.new_zeros(0))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x`` residual and ``y`` MLP input, both (B, C, H, W)."""
+        z = self.fc2(self.act(self.fc1(y)))
+        if self.dim_attn == 0:
+            return x + z
+        za, zb, logit = torch.split(z, [self.dim_attn, self.dim - self.dim_attn, 1], dim=1)
+        return x + torch.cat([za * F.hardsigmoid(logit) + self.shift, zb], dim=1)
+
+
+class PatBlockStatic(nn.Module):
+    """Static form of ``PatBlock`` for int8 quantization and export (made by ``patnet.export.static_form``).
+
+    Same outputs as the block in eval mode. PAT_ch's gate (a 1x1 conv on the per-channel statistics, with the
+    gate's BatchNorm folded in) multiplies the untouched channels; its post-gate BatchNorm and the MLP's BatchNorm
+    are folded into ``fc1``. Everything stays 4-D NCHW with reductions over (H, W), so a runtime that moves
+    quantized convolutions to NHWC can carry the layout through the gate without transposes.
+    """
+
+    def __init__(self, block: PatBlock) -> None:
+        super().__init__()
+        mixer = block.mixer
+        self.dim_conv, self.dim_untouched = mixer.dim_conv, mixer.dim_untouched
+        self.conv = mixer.conv
+        w = mixer.gate_conv.weight.detach()[:, :, 0, :]  # (C2, C2, 2)
+        s_g, t_g = _bn_affine(mixer.gate_bn)
+        self.gate = _conv1x1(torch.cat([w[..., 0], w[..., 1]], dim=1) * s_g[:, None], t_g)
+        self.mlp = StaticMlp(FusedMlp(block.mlp, in_affine=_bn_affine(mixer.norm)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
+        # channel_mean_std's two-pass statistics, kept 4-D as global average pools: (B, C2, 1, 1) each.
+        mean, std = channel_mean_std(x2)
+        mean, std = mean[:, :, None, None], std[:, :, None, None]
+        gate = F.hardsigmoid(self.gate(torch.cat([mean, std], dim=1)))  # (B, C2, 1, 1)
+        y = torch.cat([self.conv(x1), x2 * gate], dim=1)
+        return self.mlp(x, y)
+
+
+class PatAttnBlockStatic(nn.Module):
+    """Static form of ``PatAttnBlock`` for int8 quantization and export (made by ``patnet.export.static_form``).
+
+    ``qkv`` and ``proj`` are 1x1 Convs (LayerNorm affine and the attention scale folded into ``qkv``); the two
+    attention products and the softmax are the only activation-by-activation operations, written out so that an
+    exporter sees plain MatMul / Softmax nodes.
+    """
+
+    def __init__(self, block: PatAttnBlock) -> None:
+        super().__init__()
+        m = block.mixer
+        self.dim_conv, self.dim_untouched = m.dim_conv, m.dim_untouched
+        self.num_heads, self.head_dim = m.num_heads, m.head_dim
+        self.eps = m.norm.eps
+        self.conv = m.conv
+        w = m.qkv.weight.detach()
+        scale = torch.ones(3 * self.dim_untouched, dtype=w.dtype, device=w.device)
+        scale[: self.dim_untouched] = m.scale  # fold q's 1/sqrt(head_dim) into its rows
+        self.qkv = _conv1x1(w * m.norm.weight.detach()[None, :] * scale[:, None], (w @ m.norm.bias.detach()) * scale)
+        self.rel_pos = m.rel_pos
+        self.proj = _conv1x1(m.proj.weight, m.proj.bias)
+        self.mlp = StaticMlp(FusedMlp(block.mlp))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        N = H * W
+        x1, x2 = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
+        t = F.layer_norm(x2.flatten(2).transpose(1, 2), [self.dim_untouched], eps=self.eps)  # (B, N, C2)
+        qkv = self.qkv(t.transpose(1, 2).reshape(B, self.dim_untouched, H, W))
+        q, k, v = qkv.reshape(B, 3, self.num_heads, self.head_dim, N).unbind(1)  # each (B, heads, head_dim, N)
+        attn = (q.transpose(-2, -1) @ k + self.rel_pos(H, W).to(q.dtype)).softmax(dim=-1)  # (B, heads, N, N)
+        out = (v @ attn.transpose(-2, -1)).reshape(B, self.dim_untouched, H, W)
+        x = x + torch.cat([self.conv(x1), self.proj(out)], dim=1)
+        return self.mlp(x, x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1076,10 +1233,17 @@ def create_from_checkpoint(
     import timm
 
     require_models(name)
-    raw = load_official_state_dict(checkpoint)
-    sd = checkpoint_filter_fn(raw, None)
+    if name in VARIANTS:
+        sd = checkpoint_filter_fn(load_official_state_dict(checkpoint), None)
+        classifier = "classifier"
+    else:  # another timm model (the FasterNet baseline): its own keys, never taken for the authors' PATNet layout
+        from .io import read_checkpoint
+
+        sd = _unwrap(read_checkpoint(checkpoint))
+        classifier = timm.models.get_pretrained_cfg_value(name, "classifier") or "classifier"
+        classifier = classifier[0] if isinstance(classifier, (list, tuple)) else classifier
     if num_classes is None:
-        num_classes = next((v.shape[0] for k, v in sd.items() if k.endswith("classifier.weight")), 0)
+        num_classes = next((v.shape[0] for k, v in sd.items() if k == f"{classifier}.weight"), 0)
     kwargs: Dict[str, Any] = {"act_layer": act_layer} if act_layer is not None and name in VARIANTS else {}
     model = timm.create_model(name, num_classes=num_classes, **kwargs)
     try:
