@@ -357,7 +357,9 @@ def evaluate_onnx(path: Union[str, Path], data: str, batch_size: int = 64, max_i
         labels = torch.from_numpy(y).long()
         loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += float((top[:, 0] == labels).sum())
+        # argmax, not topk's first column: int8 logits tie often, and argmax breaks ties the way the quantize
+        # verification (numpy) does, by the lowest class index
+        correct1 += float((logits.argmax(1) == labels).sum())
         correct5 += float((top == labels[:, None]).any(dim=1).sum())
         count += len(y)
         bar.update(len(y))
