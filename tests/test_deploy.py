@@ -128,6 +128,9 @@ def test_cli_export_with_official_checkpoint(tmp_path, capsys):
         (["export", "patnet_t1", "OUT", "--checkpoint", "CKPT"], "does not fit patnet_t1"),
         (["export", "patnet_t0", "/proc/nope/m.onnx"], "cannot create folder"),
         (["bench", "--models", "patnet_t0,resnet_nope", "--iters", "1"], "unknown model"),
+        (["bench", "--models", "patnet_t0", "--threads", "0", "--iters", "1"], "thread counts must be at least 1"),
+        (["export", "patnet_t0", "OUT", "--img-size", "-64", "64"], "image size must be two positive numbers"),
+        (["export", "patnet_t0", "OUT", "--opset", "99"], "ONNX opset 99 is not supported"),
     ],
 )
 def test_cli_bad_input_one_line(tmp_path, capsys, argv, message):

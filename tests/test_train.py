@@ -147,7 +147,7 @@ def test_distributed_two_processes(idx_data, tmp_path):
     log = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     assert log["val_images"] == 48  # each val image counted exactly once across the two ranks
     assert log["train_images"] == 96  # 2 ranks x 6 batches x 8
-    assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.pth", "last.pth", "log.jsonl", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".patnet.lock") == ["args.json", "best.pth", "last.pth", "log.jsonl", "metrics.json"]
 
 
 def test_corrupt_image_is_an_error_with_strict_data(tmp_path):
@@ -172,7 +172,7 @@ def test_corrupt_image_counted_when_sampled(tmp_path, caplog):
     ("empty_class", "has no images"),
     ("not_dataset", "neither IDX files nor train/ and val/"),
 ])
-def test_bad_dataset_is_a_clear_error(tmp_path, case, message):
+def test_bad_dataset_is_a_clear_error(tmp_path, capsys, case, message):
     if case == "missing":
         data = tmp_path / "nope"
     elif case == "empty_class":
@@ -182,6 +182,8 @@ def test_bad_dataset_is_a_clear_error(tmp_path, case, message):
         data = tmp_path / "plain"
         data.mkdir()
     assert main(["train", "--data", str(data), "--output", str(tmp_path / "o"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("patnet: error:") and message in err and "\n" not in err
     assert not (tmp_path / "o").exists()
 
 
@@ -190,7 +192,8 @@ def test_resume_mismatch_and_truncated(idx_data, tmp_path, capsys):
     ckpt = tmp_path / "run" / "last.pth"
     assert main(["train", "--model", "fasternet_t0", "--data", str(idx_data), "--resume", str(ckpt),
                  "--output", str(tmp_path / "o"), "--img-size", "32"]) == 2
-    assert "is a patnet_t0 with 3 classes; this run is fasternet_t0" in capsys.readouterr().err
+    assert "continues a run with other settings: --model fasternet_t0 (the run used patnet_t0)" in \
+        capsys.readouterr().err
     bad = tmp_path / "trunc.pth"
     bad.write_bytes(ckpt.read_bytes()[:1000])
     assert main(["train", "--data", str(idx_data), "--resume", str(bad), "--output", str(tmp_path / "o")]) == 2

@@ -55,6 +55,7 @@ class BenchRow:
     ov_int8_ms: Dict[str, float] = field(default_factory=dict)  # OpenVINO int8 (NNCF post-training quantization)
     compile_s: Optional[float] = None  # compilation time, first call included
     int8_quantized_nodes: Optional[int] = None
+    errors: Dict[str, str] = field(default_factory=dict)  # runtime -> why it could not be timed for this model
     gpu_fp32_b32_img_s: Optional[float] = None
     gpu_best_img_s: Optional[float] = None
     gpu_best_batch: Optional[int] = None
@@ -275,12 +276,21 @@ def run_benchmark(
                         pre = Preprocess.for_model(model, name, (img_size, img_size))
                         batches = [b for b, _ in image_batches(calib, "train", pre, 32, batch_size=1)]
                     calib_of[name] = batches
-                    onnx_files[name] = _export_for_ort(model, img_size, Path(tmp), name,
-                                                       "onnxruntime-int8" in runtimes, batches)
+                    try:
+                        onnx_files[name] = _export_for_ort(model, img_size, Path(tmp), name,
+                                                           "onnxruntime-int8" in runtimes, batches)
+                    except Exception as e:  # one model the exporter or quantizer cannot take must not end a suite
+                        _log.warning("%s: ONNX export/quantization failed, not timed in ONNX runtimes (%s: %s)",
+                                     name, type(e).__name__, e)
+                        rows[name].errors["onnx"] = f"{type(e).__name__}: {str(e)[:200]}"
                 if "compile" in runtimes:
                     torch.set_num_threads(threads[0])
-                    compiled[name] = compiled_form(model, x)
-                    rows[name].compile_s = round(compiled[name].compile_seconds, 1)
+                    try:
+                        compiled[name] = compiled_form(model, x)
+                        rows[name].compile_s = round(compiled[name].compile_seconds, 1)
+                    except Exception as e:
+                        _log.warning("%s: torch.compile failed (%s: %s)", name, type(e).__name__, e)
+                        rows[name].errors["compile"] = f"{type(e).__name__}: {str(e)[:200]}"
 
             peaks: Dict[str, float] = {}
             for t in threads:
@@ -301,8 +311,13 @@ def run_benchmark(
                             sess = ort_session(path, t)
                             fns[f"{name}:ort-{precision}"] = (lambda s=sess, f=feed: s.run(None, f))
                     for kind, c in (("ov-fp32", None), ("ov-int8", calib_of.get(name))):
-                        if ("openvino" if kind == "ov-fp32" else "openvino-int8") in runtimes:
-                            req = _openvino_request(onnx_files[name]["fp32"], t, c)
+                        if ("openvino" if kind == "ov-fp32" else "openvino-int8") in runtimes and name in onnx_files:
+                            try:
+                                req = _openvino_request(onnx_files[name]["fp32"], t, c)
+                            except Exception as e:
+                                _log.warning("%s: OpenVINO failed (%s: %s)", name, type(e).__name__, e)
+                                rows[name].errors[kind] = f"{type(e).__name__}: {str(e)[:200]}"
+                                continue
                             fns[f"{name}:{kind}"] = (lambda r=req, f=feed: r.infer({0: f["input"]}))
                 with torch.inference_mode():
                     bar = tqdm(total=iters, desc=f"CPU {t} thread(s)", disable=not show_progress)

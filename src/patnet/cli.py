@@ -18,7 +18,8 @@ _log = logging.getLogger("patnet")
 # Errors that mean "the user asked for something that cannot be done": reported in one line.
 from .errors import PatnetError
 
-USER_ERRORS = (PatnetError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError, ImportError, KeyError)
+# KeyError is deliberately absent: a missing key is a bug of ours, and its traceback must show.
+USER_ERRORS = (PatnetError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError, ImportError)
 
 
 def _is_rank0() -> bool:
@@ -264,7 +265,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--output", default=d.output, help="folder for checkpoints, logs and metrics.json")
-    g.add_argument("--resume", help="continue from a checkpoint (last.pth) of the same model and classes")
+    g.add_argument("--resume", help="continue a run from its last.pth, with the run's own arguments (only "
+                                    "--workers, --no-progress, --tensorboard, --max-val-batches may differ)")
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     g.add_argument("--tensorboard", action="store_true")
     g.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_cmd_train)
@@ -399,7 +402,8 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--max-iters-per-epoch", type=int)
     p.add_argument("--output", type=Path, default=Path(d.output))
-    p.add_argument("--resume", type=Path)
+    p.add_argument("--resume", type=Path, help="continue a run from its last.pth, with the run's own arguments")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_cmd_detect_train)
 
@@ -480,8 +484,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except USER_ERRORS as e:
         if args.traceback:
             raise
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"patnet: error: {msg}", file=sys.stderr)
+        print(f"patnet: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("patnet: interrupted", file=sys.stderr)

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from torch.utils.data.distributed import DistributedSampler
 
 from .data import build_dataset, build_transform, collate_skip_bad, resolve_dataset
+from .engine import NonFiniteError, RunFolder, resume_config
 from .errors import PatnetError
 from .io import atomic_path, read_checkpoint
 
@@ -50,8 +51,8 @@ RECIPES: Dict[str, Dict[str, Any]] = {
 RECIPE_COMMON = dict(cutmix=1.0, smoothing=0.1, min_lr=1e-5, base_lr=1e-3, base_batch=1024, warmup_fraction=20 / 300)
 
 
-class TrainingError(PatnetError):
-    """Training cannot go on (diverged loss); the message says where and which checkpoint is good."""
+# Training cannot go on (diverged loss, non-finite weights); the message says where and which checkpoint is good.
+TrainingError = NonFiniteError
 
 
 @dataclass
@@ -89,6 +90,7 @@ class TrainConfig:
     max_train_batches: Optional[int] = None  # cap per epoch (smoke tests, budgets)
     max_val_batches: Optional[int] = None
     progress: bool = True
+    overwrite: bool = False  # replace the run already in --output
 
 
 def recipe_for(model_name: str) -> Dict[str, Any]:
@@ -274,10 +276,54 @@ def _create_model(name: str, num_classes: int, drop_path_rate: Optional[float]) 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns the final metrics (also written to ``metrics.json``).
 
+    The output folder is owned through ``engine.RunFolder`` (locked, never silently replaced, checkpoints written
+    best-first after a finite check); ``cfg.resume`` continues a run with its own saved arguments
+    (``engine.resume_config``).
+
     Raises:
         ValueError / FileNotFoundError: bad data, checkpoint or arguments, before any training step.
-        TrainingError: the loss became NaN / inf (the last good checkpoint is kept and named).
+        RunFolderError: the output folder is in use, or holds a run and neither resume nor overwrite was asked.
+        NonFiniteError: the loss, a metric or a weight became NaN / inf (the last good checkpoint is kept, named).
     """
+    d = init_distributed()
+    resume_state = None
+    if cfg.resume:
+        resume_state = load_checkpoint(Path(cfg.resume))
+        if not isinstance(resume_state, dict) or "model" not in resume_state or "epoch" not in resume_state:
+            raise ValueError(f"--resume {cfg.resume} is not a training checkpoint of patnet train (no model/epoch)")
+        cfg = resume_config(cfg, resume_state.get("config", {}), TrainConfig(), Path(cfg.resume))
+    _check_config(cfg)
+    resolve_dataset(cfg.data)  # a bad --data fails before the output folder is created
+    with RunFolder(Path(cfg.output), resume=resume_state is not None, overwrite=cfg.overwrite,
+                   enabled=d.main) as folder:
+        return _train(cfg, d, resume_state, folder)
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    """Every argument error as one line, before data or models are touched."""
+    if cfg.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if not (0 < cfg.scale[0] <= cfg.scale[1] <= 1):
+        raise ValueError(f"--scale must be two numbers 0 < MIN <= MAX <= 1, got {list(cfg.scale)}")
+    if not 0 < cfg.crop_pct <= 1:
+        raise ValueError(f"--crop-pct must be in (0, 1], got {cfg.crop_pct}")
+    for name in ("mixup", "cutmix", "smoothing", "drop_path_rate"):
+        v = getattr(cfg, name)
+        if v is not None and not 0 <= v <= (1 if name != "mixup" and name != "cutmix" else 10):
+            raise ValueError(f"--{name.replace('_', '-')} out of range: {v}")
+    if cfg.img_size < 32:
+        raise ValueError(f"--img-size must be at least 32, got {cfg.img_size}")
+    if cfg.auto_augment not in (None, "none"):
+        from timm.data.auto_augment import rand_augment_transform
+
+        try:
+            rand_augment_transform(cfg.auto_augment, {})
+        except Exception:
+            raise ValueError(f"--auto-augment {cfg.auto_augment!r} is not a timm RandAugment string "
+                             "(e.g. rand-m7-mstd0.5) or 'none'") from None
+
+
+def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]], folder: RunFolder) -> Dict[str, Any]:
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
@@ -285,8 +331,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     from timm.utils import ModelEmaV3, dispatch_clip_grad
     from tqdm.auto import tqdm
 
-    d = init_distributed()
     out = Path(cfg.output)
+    _check_config(cfg)
     if cfg.batch_size < 2:
         raise ValueError("--batch-size must be at least 2 (PATNet's channel gate uses BatchNorm over the batch)")
     schedule = parse_size_schedule(cfg.img_size_schedule, cfg.img_size)
@@ -297,17 +343,25 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     model = _create_model(cfg.model, info.num_classes, cfg.drop_path_rate).to(d.device)
 
     # Everything that can be wrong with a resume is checked before the first step.
-    start_epoch, best, history, resume_state = 0, {"top1": -1.0, "epoch": -1}, [], None
-    if cfg.resume:
-        resume_state = load_checkpoint(Path(cfg.resume))
+    start_epoch, best, history = 0, {"top1": -1.0, "epoch": -1}, []
+    if resume_state is not None:
         arch = resume_state.get("arch", {})
         if arch.get("model") != cfg.model or arch.get("num_classes") != info.num_classes:
             raise ValueError(
                 f"--resume {cfg.resume} is a {arch.get('model')} with {arch.get('num_classes')} classes; this run is "
                 f"{cfg.model} with {info.num_classes} classes"
             )
-        model.load_state_dict(resume_state["model"])
-        start_epoch = resume_state["epoch"] + 1
+        try:
+            model.load_state_dict(resume_state["model"])
+            start_epoch = resume_state["epoch"] + 1
+            for key in ("optimizer", "scheduler"):
+                if key not in resume_state:
+                    raise KeyError(key)
+        except (KeyError, RuntimeError) as e:
+            raise ValueError(f"--resume {cfg.resume} is incomplete or does not fit {cfg.model}: "
+                             f"{str(e).splitlines()[0][:200]}") from None
+        if start_epoch >= cfg.epochs:
+            raise ValueError(f"--resume {cfg.resume} already finished its {cfg.epochs} epochs")
         best, history = resume_state.get("best", best), resume_state.get("history", [])
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -394,7 +448,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             reduced /= d.world
             if not math.isfinite(reduced):
                 last = out / "last.pth"
-                raise TrainingError(
+                raise NonFiniteError(
                     f"loss became {reduced} at epoch {epoch + 1}, step {i + 1} (global step {step + 1}); stopped. "
                     + (f"Last good checkpoint: {last}" if last.exists() else "No checkpoint was written yet")
                 )
@@ -446,12 +500,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 "arch": {"model": cfg.model, "num_classes": info.num_classes, "img_size": cfg.img_size},
                 "config": asdict(cfg),
             }
-            _save_checkpoint(out / "last.pth", state)
-            if is_best:
-                _save_checkpoint(out / "best.pth", state)
-            # Rewritten whole from the checkpointed history, so a resumed run's log has each epoch exactly once.
-            with atomic_path(out / "log.jsonl") as tmp:
-                tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+            folder.save_epoch(state, is_best, history, checked_metrics=("loss", "train_loss"))
             if writer is not None:
                 for k in ("train_loss", "loss", "top1", "top5", "lr", "train_images_per_second"):
                     writer.add_scalar(k, metrics[k], epoch + 1)
@@ -468,8 +517,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         "seed": cfg.seed, "world_size": d.world, "img_size": cfg.img_size,
     }
     if d.main:
-        with atomic_path(out / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(final, indent=2))
+        folder.write_json("metrics.json", final)
         if writer is not None:
             writer.close()
     if d.world > 1:

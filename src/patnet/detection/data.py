@@ -35,6 +35,8 @@ class _Stats:
     crowd: int = 0
     unknown_category: int = 0
     empty_images: int = 0
+    clamped_boxes: int = 0
+    unsafe_paths: int = 0
 
 
 class CocoDataset(Dataset):
@@ -77,6 +79,11 @@ class CocoDataset(Dataset):
         self.anns: Dict[int, List[Dict[str, Any]]] = {}
         for img_id in sorted(self.coco.getImgIds()):
             info = self.coco.imgs[img_id]
+            root = image_dir.resolve()
+            if root not in (image_dir / str(info.get("file_name", ""))).resolve().parents:
+                stats.unsafe_paths += 1  # '../x.png' or '/etc/x': never read outside --images
+                _log.warning("image %r of %s lies outside %s; skipped", info.get("file_name"), ann_file.name, image_dir)
+                continue
             if not (image_dir / info["file_name"]).is_file():
                 stats.missing_images += 1
                 _log.warning("image %s of %s is missing; its annotations are skipped", info["file_name"], ann_file.name)
@@ -93,6 +100,9 @@ class CocoDataset(Dataset):
                 elif masks and not ann.get("segmentation"):
                     stats.bad_boxes += 1
                 else:
+                    iw, ih = info.get("width"), info.get("height")
+                    if iw and ih and (x < 0 or y < 0 or x + w > iw or y + h > ih):
+                        stats.clamped_boxes += 1  # kept; the transform clamps it to the image
                     kept.append(ann)
             if not kept:
                 stats.empty_images += 1
@@ -140,11 +150,14 @@ class CocoDataset(Dataset):
 
 
 def detection_transform(training: bool) -> Any:
-    """torchvision v2 transforms: float image, a horizontal flip when training, degenerate boxes removed."""
+    """torchvision v2 transforms: float image, a horizontal flip when training, boxes clamped to the image and
+    degenerate ones removed."""
     from torchvision.transforms import v2 as T
 
     steps: List[Any] = [T.RandomHorizontalFlip(0.5)] if training else []
-    steps += [T.ToDtype(torch.float32, scale=True), T.SanitizeBoundingBoxes(min_size=1.0)]
+    # Clamp first: a box that crosses the border (even by half a pixel) is kept, cut at the border; Sanitize then
+    # removes only boxes that are (or became) degenerate.
+    steps += [T.ToDtype(torch.float32, scale=True), T.ClampBoundingBoxes(), T.SanitizeBoundingBoxes(min_size=1.0)]
     return T.Compose(steps)
 
 

@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from ..engine import NonFiniteError, RunFolder, resume_config
 from ..errors import PatnetError
 from ..io import atomic_path
 from ..train import all_sum, epoch_seed, init_distributed, load_checkpoint, seed_everything
@@ -64,6 +65,7 @@ class DetectConfig:
     resume: Optional[str] = None
     max_iters_per_epoch: Optional[int] = None
     progress: bool = True
+    overwrite: bool = False  # replace the run already in --output
 
 
 class DetectionError(PatnetError):
@@ -93,10 +95,27 @@ def load_detector(checkpoint: Path, map_location: str = "cpu") -> nn.Module:
 
 
 def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
-    """Train a detector; evaluates on the validation split at the end (if given). Returns the final metrics."""
+    """Train a detector; evaluates on the validation split at the end (if given). Returns the final metrics.
+
+    The output folder, resume semantics and checkpoint writing are the shared ``patnet.engine``'s (as for
+    classification): locked folder, the run's own arguments on resume, history kept across resumes, finite check.
+    """
+    d = init_distributed()
+    state = None
+    if cfg.resume:
+        state = load_checkpoint(Path(cfg.resume))
+        if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+            raise ValueError(f"--resume {cfg.resume} is not a checkpoint of patnet detect train (no model/epoch)")
+        cfg = resume_config(cfg, state.get("config", {}), DetectConfig(), Path(cfg.resume))
+    with RunFolder(Path(cfg.output), resume=state is not None, overwrite=cfg.overwrite, enabled=d.main) as folder:
+        return _train_detector(cfg, d, state, folder)
+
+
+def _train_detector(cfg: DetectConfig, d: Any, state: Optional[Dict[str, Any]], folder: RunFolder) -> Dict[str, Any]:
     from tqdm.auto import tqdm
 
-    d = init_distributed()
+    if cfg.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {cfg.epochs}")
     if cfg.task not in ("boxes", "masks"):
         raise ValueError(f"--task must be boxes or masks, got {cfg.task!r}")
     masks = cfg.task == "masks"
@@ -112,16 +131,21 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch = 0
-    if cfg.resume:
-        state = load_checkpoint(Path(cfg.resume))
+    history: List[Dict[str, Any]] = []
+    if state is not None:
         det = state.get("detector", {})
         if det.get("model") != cfg.model or det.get("num_classes") != train_ds.num_classes or det.get("task") != cfg.task:
             raise ValueError(f"--resume {cfg.resume} is a {det.get('model')} {det.get('task')} detector with "
                              f"{det.get('num_classes')} classes; this run is {cfg.model} {cfg.task} with "
                              f"{train_ds.num_classes}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ValueError(f"--resume {cfg.resume} is incomplete or does not fit this detector: "
+                             f"{str(e).splitlines()[0][:200]}") from None
         start_epoch = state["epoch"] + 1
+        history = list(state.get("history", []))  # the earlier epochs stay in log.jsonl
     net = nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     out = Path(cfg.output)
     if d.main:
@@ -135,7 +159,6 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
     if per_epoch < 1:
         raise ValueError(f"{len(train_ds)} training images cannot fill one batch of {cfg.batch_size} x {d.world}")
     total = per_epoch * cfg.epochs
-    history: List[Dict[str, Any]] = []
     for epoch in range(start_epoch, cfg.epochs):
         seed_everything(epoch_seed(cfg.seed, epoch, d.rank))
         g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
@@ -162,8 +185,9 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
             (reduced,) = all_sum([loss.item()], d)
             reduced /= d.world
             if not math.isfinite(reduced):
-                raise DetectionError(f"loss became {reduced} at epoch {epoch + 1}, step {i + 1}; stopped. "
-                                     f"Last good checkpoint: {out / 'last.pth'}")
+                last = out / "last.pth"
+                raise NonFiniteError(f"loss became {reduced} at epoch {epoch + 1}, step {i + 1}; stopped. " + (
+                    f"Last good checkpoint: {last}" if last.exists() else "No checkpoint was written yet"))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad:
@@ -185,10 +209,7 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
                      "detector": {"model": cfg.model, "num_classes": train_ds.num_classes, "task": cfg.task,
                                   "min_size": cfg.img_size, "max_size": max_size, "norm": cfg.norm,
                                   "class_names": train_ds.class_names}}
-            with atomic_path(out / "last.pth") as tmp:
-                torch.save(state, tmp)
-            with atomic_path(out / "log.jsonl") as tmp:
-                tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+            folder.save_epoch(state, False, history)
     metrics: Dict[str, Any] = {"epochs": cfg.epochs, "history": history}
     if val_ds is not None:
         metrics.update(evaluate_detector(model, val_ds, d, out if d.main else None, cfg.workers))

@@ -1,0 +1,212 @@
+"""Run machinery shared by classification and detection training: the output folder and its checkpoints.
+
+``RunFolder`` owns an output folder for the length of a run:
+
+* **One run per folder.** An exclusive ``fcntl`` lock on ``.patnet.lock``; a second run refuses in one line naming
+  the holder (pid, host, start time). The lock dies with its process, so a killed run never leaves it stuck.
+* **Nothing replaced by accident.** A folder that already holds a run (``last.pth`` or ``metrics.json``) needs
+  ``--resume`` to continue it or ``--overwrite`` to start again.
+* **No debris.** Temporary files of our own naming (``.NAME.*.tmp``, left by a kill during an atomic write) are
+  removed when the lock is taken: nobody else can be writing them.
+* **Checkpoints that survive any kill.** ``save_epoch`` refuses non-finite weights or metrics (nothing is written,
+  the previous ``last.pth`` stays the last good one), writes ``best.pth`` *before* ``last.pth`` (a kill between the
+  two leaves a ``last.pth`` one epoch older, whose resume recomputes the same epoch and rewrites ``best.pth``),
+  and rewrites ``log.jsonl`` whole from the checkpointed history, so every epoch appears exactly once after any
+  number of resumes.
+
+``resume_config`` restores a run's own arguments from its checkpoint (see its docstring for what may change).
+"""
+import datetime
+import json
+import logging
+import math
+import os
+import socket
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, TypeVar
+
+import torch
+
+from .errors import PatnetError
+from .io import atomic_path
+
+__all__ = ["RunFolder", "RunFolderError", "NonFiniteError", "non_finite_tensors", "json_safe", "resume_config",
+           "RESUME_MAY_CHANGE"]
+
+_log = logging.getLogger(__name__)
+
+LOCK_NAME = ".patnet.lock"
+RUN_FILES = ("last.pth", "best.pth", "log.jsonl", "metrics.json", "args.json")
+# Arguments a resumed run may change: they decide how the run is watched, not what it computes.
+RESUME_MAY_CHANGE = frozenset({"workers", "progress", "tensorboard", "max_val_batches", "strict_data", "resume",
+                               "output", "overwrite", "roi_batch_size_eval"})
+
+C = TypeVar("C")
+
+
+class RunFolderError(PatnetError):
+    """The output folder is in use, or holds a run that would be replaced."""
+
+
+class NonFiniteError(PatnetError):
+    """Weights or metrics became NaN / inf; nothing was written."""
+
+
+def non_finite_tensors(state: Mapping[str, Any]) -> List[str]:
+    """Names of floating-point tensors in ``state`` (a state dict, nested dicts allowed) holding NaN or inf."""
+    bad: List[str] = []
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad.append(str(k))
+        elif isinstance(v, Mapping):
+            bad += [f"{k}.{n}" for n in non_finite_tensors(v)]
+    return bad
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None, so ``json.dumps`` writes valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def resume_config(cfg: C, saved: Mapping[str, Any], defaults: C, checkpoint: Path) -> C:
+    """The configuration of a resumed run: the saved run's own arguments, with the caller's changes applied.
+
+    An argument the caller left at its default takes the saved value (so ``--resume X/last.pth`` alone continues
+    X exactly, into X's folder). One the caller set to something else is an error unless it only decides how the
+    run is watched (``RESUME_MAY_CHANGE``): the schedule, data, model and recipe of a run cannot change midway.
+    """
+    changes: Dict[str, Any] = {}
+    conflicts: List[str] = []
+    for f in fields(cfg):  # type: ignore[arg-type]
+        name = f.name
+        if name not in saved:
+            continue
+        mine, default, theirs = getattr(cfg, name), getattr(defaults, name), saved[name]
+        if isinstance(theirs, list) and isinstance(mine, tuple):
+            theirs = tuple(theirs)
+        if name == "resume" or mine == theirs:
+            continue
+        if mine == default:
+            changes[name] = theirs
+        elif name not in RESUME_MAY_CHANGE:
+            conflicts.append(f"--{name.replace('_', '-')} {mine} (the run used {theirs})")
+    if conflicts:
+        raise ValueError(f"--resume {checkpoint} continues a run with other settings: {'; '.join(conflicts)}; "
+                         "drop them to continue it as it was, or start a new run in another --output")
+    if changes:
+        _log.info("resuming with the run's own arguments: %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
+    return replace(cfg, **changes)  # type: ignore[type-var]
+
+
+def _clean_stale_temporaries(folder: Path) -> int:
+    removed = 0
+    for name in RUN_FILES + ("coco_metrics.json",):
+        for tmp in folder.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        _log.info("removed %d temporary files left in %s by an interrupted run", removed, folder)
+    return removed
+
+
+class RunFolder:
+    """The output folder of one run (see the module docstring). Use as a context manager on the main process."""
+
+    def __init__(self, path: Path, resume: bool = False, overwrite: bool = False, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.resume, self.overwrite, self.enabled = resume, overwrite, enabled
+        self._lock_fd: Optional[int] = None
+
+    def __enter__(self) -> "RunFolder":
+        if not self.enabled:
+            return self
+        import fcntl
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"cannot create output folder {self.path}: {e.strerror}") from None
+        lock = self.path / LOCK_NAME
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 512).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunFolderError(f"output folder {self.path} is in use by {holder}; wait for that run to end or "
+                                 "choose another --output") from None
+        self._lock_fd = fd
+        os.ftruncate(fd, 0)
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} (started {started})".encode())
+        try:
+            _clean_stale_temporaries(self.path)
+            existing = [n for n in ("last.pth", "metrics.json") if (self.path / n).exists()]
+            if existing and not self.resume:
+                if not self.overwrite:
+                    raise RunFolderError(
+                        f"output folder {self.path} already holds a run ({', '.join(existing)}); continue it with "
+                        f"--resume {self.path / 'last.pth'}, replace it with --overwrite, or choose another --output")
+                for name in RUN_FILES + ("coco_metrics.json",):
+                    (self.path / name).unlink(missing_ok=True)
+                _log.info("--overwrite: removed the earlier run's files from %s", self.path)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._lock_fd is not None:
+            import fcntl
+
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def save_epoch(self, state: Dict[str, Any], is_best: bool, history: List[Dict[str, Any]],
+                   checked_metrics: Iterable[str] = ("loss",)) -> None:
+        """Write one epoch's checkpoint(s) and log, after checking that weights and metrics are finite.
+
+        Raises:
+            NonFiniteError: A weight or a checked metric of the epoch is NaN / inf; nothing is written.
+        """
+        epoch = history[-1].get("epoch") if history else None
+        bad = non_finite_tensors(state.get("model", {}))
+        bad_metrics = [k for k in checked_metrics if isinstance(history[-1].get(k), float)
+                       and not math.isfinite(history[-1][k])] if history else []
+        if bad or bad_metrics:
+            last = self.path / "last.pth"
+            what = (f"{len(bad)} weight tensors ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad
+                    else f"the metrics {bad_metrics}")
+            raise NonFiniteError(
+                f"{what} became NaN/inf at epoch {epoch}; stopped without writing. "
+                + (f"Last good checkpoint: {last} (lower the learning rate and --resume it)" if last.exists()
+                   else "No checkpoint was written yet (lower the learning rate)"))
+        if is_best:
+            self._save(self.path / "best.pth", state)
+        self._save(self.path / "last.pth", state)
+        with atomic_path(self.path / "log.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(json_safe(h), allow_nan=False) + "\n" for h in history))
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Atomically write ``obj`` as strict JSON (non-finite floats become null)."""
+        path = self.path / name
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False, default=str))
+        return path
+
+    @staticmethod
+    def _save(path: Path, state: Dict[str, Any]) -> None:
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+        except (RuntimeError, OSError) as e:  # a full disk surfaces from torch.save as "unexpected pos ..."
+            raise OSError(f"cannot write {path} ({str(e).splitlines()[0][:120]}); is the disk full? The previous "
+                          f"{path.name} is unchanged") from None

@@ -1,0 +1,183 @@
+"""The shared run engine: folder lock, no silent replacement, best-before-last, finite checks, resume semantics."""
+import json
+import math
+
+import pytest
+import torch
+
+import patnet.train as T
+from patnet.cli import main
+from patnet.engine import NonFiniteError, RunFolder, RunFolderError, json_safe
+from patnet.train import TrainConfig, train
+
+from conftest import make_idx_dataset
+from test_train import _cfg, _interrupt_at_epoch
+
+
+@pytest.fixture()
+def idx_data(tmp_path):
+    return make_idx_dataset(tmp_path / "idx", n_train=48, n_val=24)
+
+
+def test_second_run_on_a_folder_is_refused_naming_the_holder(tmp_path):
+    with RunFolder(tmp_path / "run"):
+        with pytest.raises(RunFolderError, match=r"in use by pid \d+ on .* \(started"):
+            with RunFolder(tmp_path / "run"):
+                pass
+    with RunFolder(tmp_path / "run"):  # released with the first run
+        pass
+
+
+def test_second_training_run_is_refused_by_the_cli(idx_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    with RunFolder(out):  # another run holds the folder
+        assert main(["train", "--data", str(idx_data), "--output", str(out), "--epochs", "1", "--img-size", "32",
+                     "--batch-size", "16", "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("patnet: error: output folder") and "in use by pid" in err and "\n" not in err
+    assert not (out / "args.json").exists()
+
+
+def test_finished_folder_needs_resume_or_overwrite(idx_data, tmp_path):
+    train(_cfg(idx_data, tmp_path / "run", epochs=1))
+    before = (tmp_path / "run" / "last.pth").read_bytes()
+    with pytest.raises(RunFolderError, match="already holds a run.*--resume.*--overwrite"):
+        train(_cfg(idx_data, tmp_path / "run", epochs=1, seed=7))
+    assert (tmp_path / "run" / "last.pth").read_bytes() == before  # nothing of the refused run was written
+    res = train(_cfg(idx_data, tmp_path / "run", epochs=1, seed=7, overwrite=True))
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["seed"] == 7 == res["seed"]
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".last.pth.x1y2.tmp").write_bytes(b"half a checkpoint")
+    (run / "keep.tmp").write_text("not ours")
+    with RunFolder(run):
+        pass
+    assert not (run / ".last.pth.x1y2.tmp").exists() and (run / "keep.tmp").exists()
+
+
+def test_non_finite_weights_or_metrics_are_never_written(tmp_path):
+    state = {"model": {"w": torch.tensor([1.0, float("nan")]), "steps": torch.tensor([3])}}
+    with RunFolder(tmp_path / "run") as folder:
+        with pytest.raises(NonFiniteError, match=r"1 weight tensors \(w\).*epoch 1.*No checkpoint"):
+            folder.save_epoch(state, True, [{"epoch": 1, "loss": 0.5}])
+        with pytest.raises(NonFiniteError, match=r"metrics \['loss'\]"):
+            folder.save_epoch({"model": {"w": torch.ones(2)}}, True, [{"epoch": 1, "loss": math.inf}])
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".patnet.lock"]
+
+
+def test_metrics_json_is_strict_json():
+    assert json.dumps(json_safe({"a": float("nan"), "b": [1.0, float("inf")], "c": 2}), allow_nan=False) == \
+        '{"a": null, "b": [1.0, null], "c": 2}'
+
+
+def test_diverged_training_stops_before_writing(idx_data, tmp_path):
+    """A learning rate that blows the weights up ends the run with one message; no NaN checkpoint or JSON."""
+    with pytest.raises(NonFiniteError, match="NaN/inf at epoch 1|loss became"):
+        train(_cfg(idx_data, tmp_path / "run", epochs=2, lr=1e30))
+    assert not (tmp_path / "run" / "last.pth").exists() and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_best_is_written_before_last(idx_data, tmp_path, monkeypatch):
+    """A kill between the two writes leaves last.pth one epoch behind; resuming rewrites best.pth consistently."""
+    order = []
+    real = RunFolder._save
+
+    def save(path, state):
+        order.append(path.name)
+        if order.count("last.pth") == 2:  # killed while writing epoch 2's last.pth (after its best.pth, if any)
+            raise KeyboardInterrupt
+        real(path, state)
+
+    monkeypatch.setattr(RunFolder, "_save", staticmethod(save))
+    base = dict(epochs=3, lr=5e-3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(idx_data, tmp_path / "run", **base))
+    assert order[:2] == ["best.pth", "last.pth"]
+    monkeypatch.setattr(RunFolder, "_save", staticmethod(real))
+    train(_cfg(idx_data, tmp_path / "run", resume=str(tmp_path / "run" / "last.pth"), **base))
+    last = torch.load(tmp_path / "run" / "last.pth", weights_only=False)
+    best = torch.load(tmp_path / "run" / "best.pth", weights_only=False)
+    assert best["epoch"] + 1 == last["best"]["epoch"]  # best.pth is the epoch that last.pth calls best
+    assert [h["epoch"] for h in last["history"]] == [1, 2, 3]
+
+
+def test_resume_restores_the_runs_own_arguments(idx_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        _interrupt_at_epoch(mp, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(_cfg(idx_data, out, epochs=2, lr=3e-3, seed=5))
+    # --resume alone: the model, data, schedule and output folder come from the checkpoint.
+    res = train(TrainConfig(resume=str(out / "last.pth"), workers=0, progress=False))
+    assert res["epochs"] == 2 and res["seed"] == 5 and res["img_size"] == 32
+    assert (out / "log.jsonl").read_text().count("\n") == 2
+    assert not (tmp_path.parent / "outputs").exists()
+    # A contradicting argument is refused, naming it.
+    with pytest.raises(ValueError, match=r"--lr 0.1 \(the run used 0.003\)"):
+        train(TrainConfig(resume=str(out / "last.pth"), lr=0.1, workers=0, progress=False))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--auto-augment", "bogus"], "not a timm RandAugment string"),
+    (["--scale", "0.5", "2"], "--scale must be"),
+    (["--crop-pct", "0"], "--crop-pct must be"),
+])
+def test_bad_training_arguments_are_one_line(idx_data, tmp_path, capsys, argv, message):
+    assert main(["train", "--data", str(idx_data), "--output", str(tmp_path / "o"), "--img-size", "32",
+                 "--workers", "0", "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("patnet: error:") and message in err and "\n" not in err
+
+
+def test_detection_resume_keeps_history(tmp_path, monkeypatch):
+    from patnet.detection.data import make_fashion_mnist_detection
+
+    idx = make_idx_dataset(tmp_path / "idx", n_train=20, n_val=10)
+    paths = make_fashion_mnist_detection(tmp_path / "coco", source=str(idx), n_train=4, n_val=2, canvas=64, seed=1)
+    out = tmp_path / "det"
+    argv = ["detect", "train", "--ann", str(paths["train"]), "--images", str(tmp_path / "coco" / "train"),
+            "--img-size", "64", "--batch-size", "2", "--max-iters-per-epoch", "1", "--epochs", "2", "--workers", "0",
+            "--output", str(out), "--no-progress", "--task", "boxes", "--roi-batch-size", "16"]
+    real = RunFolder.save_epoch
+    calls = []
+
+    def save_then_die(self, *a, **k):
+        real(self, *a, **k)
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunFolder, "save_epoch", save_then_die)
+    assert main(argv) == 130  # the command reports the interrupt
+    monkeypatch.setattr(RunFolder, "save_epoch", real)
+    assert main(["detect", "train", "--ann", str(paths["train"]), "--images", str(tmp_path / "coco" / "train"),
+                 "--resume", str(out / "last.pth"), "--workers", "0", "--no-progress"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in log] == [1, 2]
+
+
+def test_border_boxes_are_clamped_and_counted_and_paths_stay_inside(tmp_path):
+    from PIL import Image
+
+    from patnet.detection.data import CocoDataset, detection_transform
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (40, 30)).save(images / "a.png")
+    Image.new("RGB", (40, 30)).save(tmp_path / "outside.png")
+    ann = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+                      {"id": 2, "file_name": "../outside.png", "width": 40, "height": 30}],
+           "categories": [{"id": 1, "name": "x"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [-0.5, 2, 10, 10], "area": 100,
+                            "iscrowd": 0},
+                           {"id": 2, "image_id": 1, "category_id": 1, "bbox": [30, 20, 15, 15], "area": 225,
+                            "iscrowd": 0},
+                           {"id": 3, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    ds = CocoDataset(tmp_path / "ann.json", images, False, detection_transform(False))
+    assert ds.stats.clamped_boxes == 2 and ds.stats.unsafe_paths == 1 and len(ds) == 1
+    _, target = ds[0]
+    assert target["boxes"].tolist() == [[0.0, 2.0, 9.5, 12.0], [30.0, 20.0, 40.0, 30.0]]
