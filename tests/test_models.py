@@ -201,3 +201,11 @@ def test_pretrained_cfg():
     assert model.get_submodule(cfg["classifier"]).out_features == 1000
     data_cfg = timm.data.resolve_data_config({}, model=model)
     assert data_cfg["crop_pct"] == 0.9
+
+
+def test_timm_lists_the_family_under_patnet():
+    import patnet.model
+
+    assert "patnet" in timm.list_modules() and "model" not in timm.list_modules()
+    assert sorted(timm.list_models(module="patnet")) == sorted(patnet.VARIANTS)
+    assert patnet.model is patnet.models.patnet  # the old import path is the same module

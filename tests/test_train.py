@@ -250,3 +250,11 @@ def test_bf16_autocast_and_channels_last_on_cpu(idx_data, tmp_path):
     assert json.loads((tmp_path / "amp" / "args.json").read_text())["amp"] == "bf16"
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         train(_cfg(idx_data, tmp_path / "fp16", epochs=1, amp="fp16"))
+
+
+def test_short_recipe_resolves():
+    r = T._resolve(TrainConfig(recipe="short", batch_size=128, epochs=2), T.recipe_for("patnet_t2", "short"), world=1)
+    assert r["lr"] == pytest.approx(2e-3) and r["mixup"] == r["cutmix"] == 0 and r["auto_augment"] is None
+    assert r["warmup_epochs"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        T.recipe_for("patnet_t0", "long")

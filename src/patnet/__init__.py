@@ -5,7 +5,7 @@ works everywhere timm models do.
 """
 import logging
 
-from .model import (
+from .models.patnet import (
     PATNet,
     VARIANTS,
     from_official,

@@ -29,7 +29,7 @@ def _is_rank0() -> bool:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .io import load_weights, save_weights
-    from .model import PATNet, from_official, load_strict, patnet_to_official
+    from .models.patnet import PATNet, from_official, load_strict, patnet_to_official
 
     if args.to == "patnet":
         model = from_official(args.src, act_layer=args.act)
@@ -64,7 +64,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _load_for_export(args: argparse.Namespace):
     import timm
 
-    from .model import create_from_checkpoint, require_models
+    from .models.patnet import create_from_checkpoint, require_models
 
     if args.checkpoint is None:
         require_models(args.model)
@@ -249,6 +249,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-train-batches", type=int, help="cap the batches of each epoch")
     g.add_argument("--max-val-batches", type=int, help="cap the validation batches")
     g = p.add_argument_group("recipe overrides (default: the variant's row of the paper's recipe)")
+    g.add_argument("--recipe", choices=["paper", "short"], default=d.recipe,
+                   help="paper: the authors' recipe by size; short: for small data and a few epochs (no mixup, "
+                        "cutmix or RandAugment, lr 2e-3 at batch 128, crops 0.7-1.0) (default %(default)s)")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--mixup", type=float)
     g.add_argument("--cutmix", type=float)

@@ -67,7 +67,7 @@ def static_form(model: nn.Module) -> nn.Module:
     """
     import copy
 
-    from .model import PatAttnBlock, PatAttnBlockStatic, PatBlock, PatBlockStatic
+    from .models.patnet import PatAttnBlock, PatAttnBlockStatic, PatBlock, PatBlockStatic
 
     was_training = model.training
     static = copy.deepcopy(model).eval()

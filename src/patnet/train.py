@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -49,6 +49,13 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "l": dict(mixup=0.7, auto_augment="rand-m7-mstd0.5", weight_decay=0.05, clip_grad=0.01),
 }
 RECIPE_COMMON = dict(cutmix=1.0, smoothing=0.1, min_lr=1e-5, base_lr=1e-3, base_batch=1024, warmup_fraction=20 / 300)
+# ``--recipe short``: for small data and minutes of CPU (the set-up's main job, the Fashion-MNIST studies). Mixup,
+# cutmix and RandAugment cost more accuracy than they regularise in a few epochs; a higher peak lr (2e-3 at batch
+# 128) and mild crops. Any flag still overrides it.
+SHORT_RECIPE = dict(mixup=0.0, cutmix=0.0, auto_augment=None, smoothing=0.1, min_lr=1e-5, base_lr=0.016,
+                    base_batch=1024, warmup_fraction=0.15, weight_decay=0.05, clip_grad=None)
+SHORT_SCALE, SHORT_CROP_PCT = (0.7, 1.0), 1.0
+RECIPE_NAMES = ("paper", "short")
 
 
 # Training cannot go on (diverged loss, non-finite weights); the message says where and which checkpoint is good.
@@ -91,14 +98,20 @@ class TrainConfig:
     max_val_batches: Optional[int] = None
     progress: bool = True
     overwrite: bool = False  # replace the run already in --output
+    recipe: str = "paper"  # "paper" (the authors' per-size recipe) or "short" (small data, few epochs)
 
 
-def recipe_for(model_name: str) -> Dict[str, Any]:
-    """The recipe row of a model name by its size suffix (patnet_t2 / fasternet_t2 -> 't2'); T0's otherwise."""
+def recipe_for(model_name: str, recipe: str = "paper") -> Dict[str, Any]:
+    """The paper's recipe row of a model name by its size suffix (patnet_t2 / fasternet_t2 -> 't2'; T0's
+    otherwise), or the short recipe (``SHORT_RECIPE``, the same for every size)."""
+    if recipe not in RECIPE_NAMES:
+        raise ValueError(f"unknown recipe {recipe!r}; use one of {', '.join(RECIPE_NAMES)}")
     size = model_name.rsplit("_", 1)[-1].split(".")[0]
     if size not in RECIPES:
         _log.info("no recipe row for %s; using T0's", model_name)
         size = "t0"
+    if recipe == "short":
+        return dict(SHORT_RECIPE)
     return {**RECIPE_COMMON, **RECIPES[size]}
 
 
@@ -264,7 +277,7 @@ def _resolve(cfg: TrainConfig, recipe: Dict[str, Any], world: int) -> Dict[str, 
 def _create_model(name: str, num_classes: int, drop_path_rate: Optional[float]) -> nn.Module:
     import timm
 
-    from .model import require_models
+    from .models.patnet import require_models
 
     require_models(name)
     kwargs: Dict[str, Any] = {"num_classes": num_classes}
@@ -292,6 +305,10 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         if not isinstance(resume_state, dict) or "model" not in resume_state or "epoch" not in resume_state:
             raise ValueError(f"--resume {cfg.resume} is not a training checkpoint of patnet train (no model/epoch)")
         cfg = resume_config(cfg, resume_state.get("config", {}), TrainConfig(), Path(cfg.resume))
+    if cfg.recipe == "short":  # its crops, unless given
+        defaults = TrainConfig()
+        cfg = replace(cfg, scale=SHORT_SCALE if tuple(cfg.scale) == tuple(defaults.scale) else cfg.scale,
+                      crop_pct=SHORT_CROP_PCT if cfg.crop_pct == defaults.crop_pct else cfg.crop_pct)
     _check_config(cfg)
     resolve_dataset(cfg.data)  # a bad --data fails before the output folder is created
     with RunFolder(Path(cfg.output), resume=resume_state is not None, overwrite=cfg.overwrite,
@@ -337,7 +354,7 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
         raise ValueError("--batch-size must be at least 2 (PATNet's channel gate uses BatchNorm over the batch)")
     schedule = parse_size_schedule(cfg.img_size_schedule, cfg.img_size)
     info = resolve_dataset(cfg.data)
-    recipe = recipe_for(cfg.model)
+    recipe = recipe_for(cfg.model, cfg.recipe)
     r = _resolve(cfg, recipe, d.world)
     seed_everything(cfg.seed)  # the initial weights depend on the seed alone (the same on every rank)
     model = _create_model(cfg.model, info.num_classes, cfg.drop_path_rate).to(d.device)
@@ -532,7 +549,7 @@ def validate(
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint on ``data``'s val split: a training checkpoint of ours, weights from
     ``patnet convert`` (.safetensors), or an authors'-layout checkpoint (converted on the fly, strictly)."""
-    from .model import create_from_checkpoint
+    from .models.patnet import create_from_checkpoint
 
     d = init_distributed()
     info = resolve_dataset(data)
