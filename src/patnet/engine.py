@@ -21,18 +21,22 @@ import json
 import logging
 import math
 import os
+import random
 import socket
-from dataclasses import fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, TypeVar
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TypeVar
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
 from .errors import PatnetError
-from .io import atomic_path
+from .io import atomic_path, read_checkpoint
 
 __all__ = ["RunFolder", "RunFolderError", "NonFiniteError", "non_finite_tensors", "json_safe", "resume_config",
-           "RESUME_MAY_CHANGE"]
+           "RESUME_MAY_CHANGE", "load_resume",
+           "init_distributed", "all_sum", "epoch_seed", "seed_everything", "load_checkpoint"]
 
 _log = logging.getLogger(__name__)
 
@@ -103,6 +107,81 @@ def resume_config(cfg: C, saved: Mapping[str, Any], defaults: C, checkpoint: Pat
     if changes:
         _log.info("resuming with the run's own arguments: %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
     return replace(cfg, **changes)  # type: ignore[type-var]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Processes, seeds and checkpoint files
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> _Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on GPU); rank, world and device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return _Dist(rank, world, local, device)
+
+
+def all_sum(values: Sequence[float], d: _Dist) -> List[float]:
+    """Sum scalars over every rank (a no-op in a single process)."""
+    t = torch.tensor(list(values), dtype=torch.float64, device=d.device)
+    if d.world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch on one rank: runs resumed at an epoch boundary replay the same randomness."""
+    return seed * 1_000_003 + epoch * 1009 + rank
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators.
+
+    Not ``timm.utils.random_seed``: that adds the rank to the seed itself, while every seed here already comes from
+    ``epoch_seed(seed, epoch, rank)``, which is what makes a resumed run replay the same randomness.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """Read a training checkpoint; a missing, truncated or foreign file is a one-line error (``io.read_checkpoint``)."""
+    return read_checkpoint(path)
+
+
+def load_resume(cfg: C, defaults: C, command: str) -> "tuple[C, Optional[Dict[str, Any]]]":
+    """(configuration, checkpoint state) of a run: ``cfg`` and None without ``cfg.resume``; else the checkpoint,
+    checked to be a training checkpoint, and the configuration from ``resume_config``."""
+    resume = getattr(cfg, "resume", None)
+    if not resume:
+        return cfg, None
+    from .io import read_checkpoint
+
+    state = read_checkpoint(Path(resume))
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise ValueError(f"--resume {resume} is not a checkpoint of {command} (no model/epoch)")
+    return resume_config(cfg, state.get("config", {}), defaults, Path(resume)), state
 
 
 def _clean_stale_temporaries(folder: Path) -> int:

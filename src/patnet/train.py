@@ -15,14 +15,11 @@ continues bit-for-bit as the uninterrupted run would on the same machine and thr
 import json
 import logging
 import math
-import os
-import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -30,9 +27,11 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from torch.utils.data.distributed import DistributedSampler
 
 from .data import build_dataset, build_transform, collate_skip_bad, resolve_dataset
-from .engine import NonFiniteError, RunFolder, resume_config
-from .errors import PatnetError
-from .io import atomic_path, read_checkpoint
+from .engine import (  # noqa: F401  (init_distributed ... load_checkpoint: also this module's public names)
+    NonFiniteError, RunFolder, _Dist, all_sum, epoch_seed, init_distributed, load_checkpoint, load_resume,
+    seed_everything,
+)
+from .io import atomic_path
 
 __all__ = ["TrainConfig", "RECIPES", "recipe_for", "train", "validate", "evaluate", "TrainingError",
            "parse_size_schedule", "load_checkpoint", "init_distributed", "all_sum", "seed_everything", "epoch_seed"]
@@ -130,72 +129,6 @@ def parse_size_schedule(spec: Optional[str], default: int) -> List[Tuple[int, in
 
 def _size_at(schedule: List[Tuple[int, int]], epoch: int) -> int:
     return [s for e, s in schedule if e <= epoch][-1]
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Distributed helpers
-# ------------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> _Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on GPU); rank, world and device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-        device, backend = torch.device("cuda", local), "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend)
-    return _Dist(rank, world, local, device)
-
-
-def all_sum(values: Sequence[float], d: _Dist) -> List[float]:
-    """Sum scalars over every rank (a no-op in a single process)."""
-    t = torch.tensor(list(values), dtype=torch.float64, device=d.device)
-    if d.world > 1:
-        dist.all_reduce(t)
-    return t.tolist()
-
-
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """The seed of one epoch on one rank: runs resumed at an epoch boundary replay the same randomness."""
-    return seed * 1_000_003 + epoch * 1009 + rank
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ------------------------------------------------------------------------------------------------------------------
-
-def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """Read a training checkpoint; a missing, truncated or foreign file is a one-line error (``io.read_checkpoint``)."""
-    return read_checkpoint(path)
-
-
-def _save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -299,12 +232,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         NonFiniteError: the loss, a metric or a weight became NaN / inf (the last good checkpoint is kept, named).
     """
     d = init_distributed()
-    resume_state = None
-    if cfg.resume:
-        resume_state = load_checkpoint(Path(cfg.resume))
-        if not isinstance(resume_state, dict) or "model" not in resume_state or "epoch" not in resume_state:
-            raise ValueError(f"--resume {cfg.resume} is not a training checkpoint of patnet train (no model/epoch)")
-        cfg = resume_config(cfg, resume_state.get("config", {}), TrainConfig(), Path(cfg.resume))
+    cfg, resume_state = load_resume(cfg, TrainConfig(), "patnet train")
     if cfg.recipe == "short":  # its crops, unless given
         defaults = TrainConfig()
         cfg = replace(cfg, scale=SHORT_SCALE if tuple(cfg.scale) == tuple(defaults.scale) else cfg.scale,

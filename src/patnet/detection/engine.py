@@ -21,10 +21,11 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from ..engine import NonFiniteError, RunFolder, resume_config
+from ..engine import (
+    NonFiniteError, RunFolder, all_sum, epoch_seed, init_distributed, load_checkpoint, load_resume, seed_everything,
+)
 from ..errors import PatnetError
 from ..io import atomic_path
-from ..train import all_sum, epoch_seed, init_distributed, load_checkpoint, seed_everything
 from .data import CocoDataset, collate, detection_transform
 from .models import build_detector
 
@@ -101,12 +102,7 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
     classification): locked folder, the run's own arguments on resume, history kept across resumes, finite check.
     """
     d = init_distributed()
-    state = None
-    if cfg.resume:
-        state = load_checkpoint(Path(cfg.resume))
-        if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
-            raise ValueError(f"--resume {cfg.resume} is not a checkpoint of patnet detect train (no model/epoch)")
-        cfg = resume_config(cfg, state.get("config", {}), DetectConfig(), Path(cfg.resume))
+    cfg, state = load_resume(cfg, DetectConfig(), "patnet detect train")
     with RunFolder(Path(cfg.output), resume=state is not None, overwrite=cfg.overwrite, enabled=d.main) as folder:
         return _train_detector(cfg, d, state, folder)
 
