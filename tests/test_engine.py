@@ -181,3 +181,72 @@ def test_border_boxes_are_clamped_and_counted_and_paths_stay_inside(tmp_path):
     assert ds.stats.clamped_boxes == 2 and ds.stats.unsafe_paths == 1 and len(ds) == 1
     _, target = ds[0]
     assert target["boxes"].tolist() == [[0.0, 2.0, 9.5, 12.0], [30.0, 20.0, 40.0, 30.0]]
+
+
+def test_idx_label_problems_fail_before_training(tmp_path, capsys):
+    import numpy as np
+
+    from patnet.data import read_idx, write_idx
+
+    data = make_idx_dataset(tmp_path / "a", n_train=48, n_val=24)
+    val = read_idx(data / "t10k-labels-idx1-ubyte.gz").copy()
+    val[0] = 7  # three training classes
+    write_idx(data / "t10k-labels-idx1-ubyte.gz", val.astype(np.uint8))
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "o"), "--img-size", "32",
+                 "--workers", "0", "--no-progress"]) == 2
+    assert "validation label 7 is outside the 3 training classes" in capsys.readouterr().err
+    data = make_idx_dataset(tmp_path / "b", n_train=48, n_val=24)
+    train_labels = read_idx(data / "train-labels-idx1-ubyte.gz").copy()
+    train_labels[0] = 200
+    write_idx(data / "train-labels-idx1-ubyte.gz", train_labels.astype(np.uint8))
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "o"), "--img-size", "32"]) == 2
+    assert "training labels must be 0..K-1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_hostile_coco_trains_and_scores(tmp_path):
+    """String ids, a missing bbox, a 2-point polygon and a corrupt image: skipped and counted, never a crash."""
+    from PIL import Image
+
+    from patnet.detection.data import CocoDataset, collate, detection_transform
+    from patnet.detection.engine import DetectConfig, evaluate_detector, train_detector
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = __import__("numpy").random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype="uint8")).save(images / f"{i}.png")
+    (images / "bad.png").write_bytes(b"not a png")
+    square = [10, 10, 40, 10, 40, 40, 10, 40]
+    ann = {"images": [{"id": f"img{i}", "file_name": f"{i}.png", "width": 64, "height": 64} for i in range(4)]
+           + [{"id": "broken", "file_name": "bad.png", "width": 64, "height": 64}],
+           "categories": [{"id": 3, "name": "thing"}],
+           "annotations": [{"id": i, "image_id": f"img{i}", "category_id": 3, "bbox": [10, 10, 30, 30],
+                            "segmentation": [square], "iscrowd": 0} for i in range(4)]
+           + [{"id": 10, "image_id": "img0", "category_id": 3, "segmentation": [square]},  # no bbox
+              {"id": 11, "image_id": "img1", "category_id": 3, "bbox": [1, 1, 5, 5], "segmentation": [[1, 1, 5, 5]]},
+              {"id": 12, "image_id": "broken", "category_id": 3, "bbox": [1, 1, 5, 5], "segmentation": [square]},
+              {"id": 13, "image_id": "nowhere", "category_id": 3, "bbox": [1, 1, 5, 5]}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    ds = CocoDataset(tmp_path / "ann.json", images, True, detection_transform(False))
+    assert ds.stats.bad_boxes == 1 and ds.stats.bad_masks == 1 and ds.stats.orphan_annotations == 1
+    assert len(ds) == 5 and ds[4] is None and collate([ds[0], ds[4]])[0].__len__() == 1
+    cfg = DetectConfig(model="patnet_t0", ann=str(tmp_path / "ann.json"), images=str(images), task="masks",
+                       epochs=1, batch_size=2, img_size=64, workers=0, output=str(tmp_path / "run"), progress=False,
+                       roi_batch_size=16, warmup_iters=1)
+    train_detector(cfg)
+    from patnet.detection.engine import load_detector
+
+    metrics = evaluate_detector(load_detector(tmp_path / "run" / "last.pth"), ds, workers=0)
+    assert metrics["images"] == 5 and set(metrics["masks"]) >= {"AP", "AP50"}
+
+
+def test_duplicate_coco_image_ids_are_an_error(tmp_path):
+    from patnet.detection.data import CocoDataset
+
+    (tmp_path / "i").mkdir()
+    ann = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}],
+           "categories": [{"id": 1, "name": "x"}], "annotations": []}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    with pytest.raises(ValueError, match="image id 1 appears more than once"):
+        CocoDataset(tmp_path / "ann.json", tmp_path / "i")

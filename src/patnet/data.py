@@ -196,8 +196,22 @@ def resolve_dataset(spec: str) -> DatasetInfo:
 
 
 def _idx_info(root: Path, name: str) -> DatasetInfo:
+    """Classes from the training labels, which must be 0..K-1; val labels must fall among them (checked here, so
+    a bad label file fails before training instead of after an epoch)."""
     labels = read_idx(_find_idx(root, IDX_FILES["train"][1]))
-    n = int(labels.max()) + 1
+    if labels.size == 0:
+        raise ValueError(f"{root}: the training label file is empty")
+    present = np.unique(labels)
+    n = int(present.max()) + 1
+    if len(present) != n:
+        missing = sorted(set(range(n)) - set(int(v) for v in present))
+        raise ValueError(f"{root}: training labels must be 0..K-1; label {n - 1} is used but "
+                         f"{len(missing)} of the labels below it never occur (e.g. {missing[:5]})")
+    val_file = _find_idx(root, IDX_FILES["val"][1])
+    if val_file is not None:
+        val = read_idx(val_file)
+        if val.size and int(val.max()) >= n:
+            raise ValueError(f"{root}: validation label {int(val.max())} is outside the {n} training classes 0..{n - 1}")
     classes = list(FASHION_MNIST_CLASSES) if name == "fashion-mnist" and n == 10 else [str(i) for i in range(n)]
     return DatasetInfo("idx", root, n, classes)
 

@@ -37,6 +37,59 @@ class _Stats:
     empty_images: int = 0
     clamped_boxes: int = 0
     unsafe_paths: int = 0
+    bad_masks: int = 0
+    orphan_annotations: int = 0
+    unreadable_images: int = 0
+
+
+def sanitize_coco(raw: Any, ann_file: Path, masks: bool) -> Tuple[Dict[str, Any], Dict[int, Any], Dict[str, int]]:
+    """A COCO dict that pycocotools can always index and score, the original image id of each new one, and counts.
+
+    Image ids become 1..N (string ids and gaps are fine; a duplicate id is an error, since its annotations could
+    belong to either image); annotation ids become 1..M. Dropped and counted: annotations of unknown images, without
+    a usable ``bbox`` (then counted as bad boxes), and, for masks, without a polygon of at least 3 points or an RLE.
+    Polygons of fewer than 3 points are removed from any annotation (pycocotools cannot rasterise them).
+    """
+    if not isinstance(raw, dict) or not isinstance(raw.get("images"), list) or \
+            not isinstance(raw.get("categories"), list):
+        raise ValueError(f"{ann_file} is not a COCO annotation file (it needs 'images' and 'categories' lists)")
+    seen: Dict[Any, int] = {}
+    images = []
+    for img in raw["images"]:
+        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+            raise ValueError(f"{ann_file}: every image needs an 'id' and a 'file_name', got {str(img)[:80]}")
+        key = img["id"]
+        if key in seen:
+            raise ValueError(f"{ann_file}: image id {key!r} appears more than once; ids must be unique")
+        seen[key] = len(seen) + 1
+        images.append({**img, "id": seen[key]})
+    counts = {"orphan_annotations": 0, "bad_boxes": 0, "bad_masks": 0}
+    anns = []
+    for ann in raw.get("annotations") or []:
+        if not isinstance(ann, dict) or ann.get("image_id") not in seen:
+            counts["orphan_annotations"] += 1
+            continue
+        box = ann.get("bbox")
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            counts["bad_boxes"] += 1
+            continue
+        ann = {**ann, "image_id": seen[ann["image_id"]], "id": len(anns) + 1, "iscrowd": int(ann.get("iscrowd", 0)),
+               "area": float(ann.get("area", box[2] * box[3]))}
+        seg = ann.get("segmentation")
+        if isinstance(seg, list):
+            polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+            if polys:
+                ann["segmentation"] = polys
+            else:
+                ann.pop("segmentation", None)
+        elif not isinstance(seg, dict):
+            ann.pop("segmentation", None)
+        if masks and "segmentation" not in ann and not ann["iscrowd"]:
+            counts["bad_masks"] += 1
+            continue
+        anns.append(ann)
+    clean = {**raw, "images": images, "annotations": anns}
+    return clean, {v: k for k, v in seen.items()}, counts
 
 
 class CocoDataset(Dataset):
@@ -63,10 +116,14 @@ class CocoDataset(Dataset):
         import io
 
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-                self.coco = COCO(str(ann_file))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raw = json.loads(ann_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{ann_file} is not a COCO annotation file ({type(e).__name__}: {e})") from None
+        clean, self.original_ids, dropped = sanitize_coco(raw, ann_file, masks)
+        self.coco = COCO()
+        self.coco.dataset = clean
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco.createIndex()
         self.image_dir, self.masks, self.transform = image_dir, masks, transform
         cat_ids = sorted(self.coco.getCatIds())
         if not cat_ids:
@@ -74,7 +131,7 @@ class CocoDataset(Dataset):
         self.cat_to_label = {c: i + 1 for i, c in enumerate(cat_ids)}
         self.label_to_cat = {i: c for c, i in self.cat_to_label.items()}
         self.class_names = [self.coco.cats[c]["name"] for c in cat_ids]
-        stats = _Stats()
+        stats = _Stats(**dropped)
         self.ids: List[int] = []
         self.anns: Dict[int, List[Dict[str, Any]]] = {}
         for img_id in sorted(self.coco.getImgIds()):
@@ -126,11 +183,17 @@ class CocoDataset(Dataset):
         with Image.open(self.image_dir / info["file_name"]) as im:
             return im.convert("RGB")
 
-    def __getitem__(self, index: int) -> Tuple[Any, Dict[str, Any]]:
+    def __getitem__(self, index: int) -> Optional[Tuple[Any, Dict[str, Any]]]:
+        """The sample, or None for an unreadable image (logged with its path; ``collate`` drops it)."""
         from torchvision import tv_tensors
 
         img_id = self.ids[index]
-        image = self.load_image(index)
+        try:
+            image = self.load_image(index)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            _log.warning("unreadable image %s skipped (%s)", self.image_dir / self.coco.imgs[img_id]["file_name"],
+                         type(e).__name__)
+            return None
         w, h = image.size
         anns = self.anns[img_id]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
@@ -161,8 +224,10 @@ def detection_transform(training: bool) -> Any:
     return T.Compose(steps)
 
 
-def collate(batch: Sequence[Tuple[Any, Dict[str, Any]]]) -> Tuple[List[Any], List[Dict[str, Any]]]:
-    return [b[0] for b in batch], [b[1] for b in batch]
+def collate(batch: Sequence[Optional[Tuple[Any, Dict[str, Any]]]]) -> Tuple[List[Any], List[Dict[str, Any]]]:
+    """Images and targets as lists; unreadable samples (None) are left out."""
+    good = [b for b in batch if b is not None]
+    return [b[0] for b in good], [b[1] for b in good]
 
 
 # ------------------------------------------------------------------------------------------------------------------

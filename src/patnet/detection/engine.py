@@ -171,6 +171,8 @@ def _train_detector(cfg: DetectConfig, d: Any, state: Optional[Dict[str, Any]], 
         for i, (images, targets) in enumerate(loader):
             if i >= per_epoch:
                 break
+            if not images:  # every image of the batch was unreadable (logged by the dataset)
+                continue
             it = epoch * per_epoch + i
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * _lr_factor(cfg, it, total)
@@ -229,6 +231,8 @@ def evaluate_detector(model: nn.Module, dataset: CocoDataset, d: Any = None, out
     results: List[Dict[str, Any]] = []
     t0 = time.perf_counter()
     for images, targets in loader:
+        if not images:
+            continue
         outputs = model([im.to(d.device) for im in images])
         for out, tgt in zip(outputs, targets):
             boxes = out["boxes"].cpu()
