@@ -250,3 +250,46 @@ def test_duplicate_coco_image_ids_are_an_error(tmp_path):
     (tmp_path / "ann.json").write_text(json.dumps(ann))
     with pytest.raises(ValueError, match="image id 1 appears more than once"):
         CocoDataset(tmp_path / "ann.json", tmp_path / "i")
+
+
+def test_sixteen_bit_and_float_images_keep_their_range(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from patnet.data import open_rgb
+
+    ramp16 = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4369)  # 0 .. 65535
+    Image.fromarray(ramp16).save(tmp_path / "a.png")  # uint16 -> mode I;16
+    out = np.asarray(open_rgb(tmp_path / "a.png"))[..., 0]
+    assert out.min() == 0 and out.max() == 255 and len(np.unique(out)) == 16  # not saturated to white
+    flt = Image.fromarray(np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4))  # float32 -> mode F
+    flt.save(tmp_path / "f.tiff")
+    out = np.asarray(open_rgb(tmp_path / "f.tiff"))[..., 0]
+    assert out.min() == 0 and out.max() == 255 and len(np.unique(out)) == 16
+    with pytest.raises(ValueError, match="more than the 10 pixels"):
+        open_rgb(tmp_path / "a.png", max_pixels=10)
+
+
+@pytest.mark.parametrize("content, message", [("a: [1, 2", "not valid YAML"), ("- 1\n- 2\n", "must map flag names")])
+def test_bad_yaml_config_is_one_line(tmp_path, capsys, content, message):
+    (tmp_path / "c.yaml").write_text(content)
+    assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_export_num_classes_zero_is_honoured(tmp_path):
+    import onnx
+
+    assert main(["export", "patnet_t0", str(tmp_path / "m.onnx"), "--num-classes", "0", "--img-size", "32", "32"]) == 0
+    out = onnx.load(str(tmp_path / "m.onnx")).graph.output[0]
+    assert out.type.tensor_type.shape.dim[1].dim_value == 1280  # pre-logits features, not 1000 classes
+
+
+def test_zero_evaluated_images_is_an_error():
+    from patnet.engine import _Dist
+    from patnet.train import evaluate
+
+    empty = [(torch.empty(0, 3, 32, 32), torch.empty(0, dtype=torch.long), 4)]  # one batch, every image skipped
+    with pytest.raises(ValueError, match="no readable validation images"):
+        evaluate(torch.nn.Identity(), empty, _Dist())

@@ -68,7 +68,7 @@ def _load_for_export(args: argparse.Namespace):
 
     if args.checkpoint is None:
         require_models(args.model)
-        return timm.create_model(args.model, num_classes=args.num_classes or 1000)
+        return timm.create_model(args.model, num_classes=1000 if args.num_classes is None else args.num_classes)
     return create_from_checkpoint(args.model, args.checkpoint, num_classes=args.num_classes)
 
 
@@ -202,7 +202,12 @@ def _yaml_defaults(parser: argparse.ArgumentParser, argv: List[str]) -> None:
 
     if not known.config.is_file():
         raise FileNotFoundError(f"config file {known.config} does not exist")
-    values = yaml.safe_load(known.config.read_text()) or {}
+    try:
+        values = yaml.safe_load(known.config.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {known.config} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {known.config} must map flag names to values, got a {type(values).__name__}")
     dests = {a.dest for a in parser._actions}
     unknown = [k for k in values if k.replace("-", "_") not in dests]
     if unknown:

@@ -34,6 +34,8 @@ __all__ = [
     "read_idx",
     "write_idx",
     "KNOWN_IDX_DATASETS",
+    "open_rgb",
+    "MAX_IMAGE_PIXELS",
 ]
 
 _log = logging.getLogger(__name__)
@@ -50,6 +52,41 @@ KNOWN_IDX_DATASETS = {
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
+
+
+# Largest image decoded, in pixels (PATNET_MAX_IMAGE_PIXELS overrides): a 40 Mpx photo is 120 MB as RGB; anything
+# larger (or a decompression bomb) is refused before decoding instead of taking the machine's memory.
+MAX_IMAGE_PIXELS = int(os.environ.get("PATNET_MAX_IMAGE_PIXELS", 40_000_000))
+
+
+def open_rgb(path: Any, max_pixels: Optional[int] = None) -> Image.Image:
+    """An image file as 8-bit RGB, whatever its mode.
+
+    16-bit and 32-bit integer images are scaled by their range (65535 for 16-bit) and float images by theirs
+    (0..1 taken as is), instead of saturating to white as ``convert('RGB')`` does; palette, grey and alpha images
+    become RGB. The size is checked from the header before any pixel is decoded.
+
+    Raises:
+        ValueError: The image is larger than ``max_pixels`` (default ``MAX_IMAGE_PIXELS``).
+        OSError: The file is not a readable image.
+    """
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    with Image.open(path) as im:
+        if im.width * im.height > limit:
+            raise ValueError(f"image {getattr(path, 'name', path)} is {im.width}x{im.height}, more than the "
+                             f"{limit:,} pixels decoded at most (set PATNET_MAX_IMAGE_PIXELS to raise it)")
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(im, dtype=np.float64)
+            if im.mode.startswith("I;16"):
+                top = 65535.0
+            elif im.mode == "F" and arr.size and 0.0 <= arr.min() and arr.max() <= 1.0:
+                top = 1.0
+            else:
+                lo = float(arr.min()) if arr.size else 0.0
+                arr, top = arr - lo, max(float(arr.max() - lo) if arr.size else 1.0, 1e-12)
+            grey = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+            return Image.fromarray(grey).convert("RGB")
+        return im.convert("RGB")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -129,9 +166,8 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, i: int) -> Optional[Tuple[Any, int]]:
         path, label = self.samples[i]
         try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except Exception as e:  # PIL raises many types for broken files
+            img = open_rgb(path)
+        except Exception as e:  # PIL raises many types for broken files (and open_rgb ValueError for huge ones)
             if self.strict:
                 raise ValueError(f"unreadable image {path}: {e}") from e
             _log.warning("skipping unreadable image %s (%s)", path, type(e).__name__)

@@ -159,7 +159,8 @@ def evaluate(model: nn.Module, loader: DataLoader, d: _Dist, amp: str = "none", 
         correct5 += (top == labels[:, None]).any(dim=1).sum().item()
         count += len(labels)
     loss_sum, correct1, correct5, count, skipped = all_sum([loss_sum, correct1, correct5, count, skipped], d)
-    count = max(count, 1.0)
+    if count == 0:
+        raise ValueError("no readable validation images were evaluated (all were skipped, or the split is empty)")
     return {"loss": loss_sum / count, "top1": 100 * correct1 / count, "top5": 100 * correct5 / count,
             "count": int(count), "skipped": int(skipped)}
 

@@ -23,6 +23,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data import open_rgb
+
 __all__ = ["CocoDataset", "detection_transform", "collate", "make_fashion_mnist_detection", "deepforest_to_coco"]
 
 _log = logging.getLogger(__name__)
@@ -180,8 +182,7 @@ class CocoDataset(Dataset):
 
     def load_image(self, index: int) -> Image.Image:
         info = self.coco.imgs[self.ids[index]]
-        with Image.open(self.image_dir / info["file_name"]) as im:
-            return im.convert("RGB")
+        return open_rgb(self.image_dir / info["file_name"])
 
     def __getitem__(self, index: int) -> Optional[Tuple[Any, Dict[str, Any]]]:
         """The sample, or None for an unreadable image (logged with its path; ``collate`` drops it)."""
@@ -357,7 +358,11 @@ def deepforest_to_coco(source: Path, out: Path, single_class: Optional[str] = No
     categories: Dict[str, int] = {}
     images, annotations = [], []
     for xml_name in sorted(n for n in files if n.endswith(".xml")):
-        root = ET.fromstring(files[xml_name])
+        try:
+            root = ET.fromstring(files[xml_name])
+        except ET.ParseError as e:
+            _log.warning("malformed annotation %s skipped (%s)", xml_name, e)
+            continue
         stem = Path(xml_name).stem
         image_name = next((n for n in (root.findtext("filename") or "", stem + ".png", stem + ".jpg") if n in files
                            and not n.endswith(".tif")), None)

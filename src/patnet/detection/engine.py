@@ -287,8 +287,12 @@ def predict_image(model: nn.Module, image_path: Path, out_path: Path, score_thre
         raise FileNotFoundError(f"image {image_path} does not exist")
     from PIL import Image
 
-    with Image.open(image_path) as im:
-        pil = im.convert("RGB")
+    from ..data import open_rgb
+
+    try:
+        pil = open_rgb(image_path)
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image {image_path} ({type(e).__name__}: {str(e)[:120]})") from None
     img = pil_to_tensor(pil)
     model.eval()
     out = model([img.float() / 255])[0]
