@@ -293,3 +293,26 @@ def test_zero_evaluated_images_is_an_error():
     empty = [(torch.empty(0, 3, 32, 32), torch.empty(0, dtype=torch.long), 4)]  # one batch, every image skipped
     with pytest.raises(ValueError, match="no readable validation images"):
         evaluate(torch.nn.Identity(), empty, _Dist())
+
+
+def test_stored_architecture_is_checked_before_building(tmp_path, capsys):
+    import json as _json
+
+    import timm
+    from safetensors.torch import save_file
+
+    from patnet.io import save_weights
+
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "bad.safetensors"), metadata={"patnet_config": "{oops"})
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "huge.safetensors"),
+              metadata={"patnet_config": _json.dumps({"embed_dim": 10 ** 7, "depths": [1, 1, 1, 1]})})
+    m = timm.create_model("patnet_t0", num_classes=3)
+    cfg = {**m.arch_args, "depths": [1, 2, 8, 3]}
+    save_weights(m.state_dict(), tmp_path / "wrong.safetensors", cfg)
+    for name, message in [("bad", "is not valid JSON"), ("huge", "does not hold PATNet weights"),
+                          ("wrong", "depths=[1, 2, 8, 3] (the weights say [1, 2, 8, 2])")]:
+        assert main(["convert", str(tmp_path / f"{name}.safetensors"), str(tmp_path / "o.pth"), "--to",
+                     "official"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, name
+    assert not (tmp_path / "o.pth").exists()

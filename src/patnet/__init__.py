@@ -5,6 +5,7 @@ works everywhere timm models do.
 """
 import logging
 
+from . import model  # noqa: F401  (``patnet.model``: the network module under its first name)
 from .models.patnet import (
     PATNet,
     VARIANTS,

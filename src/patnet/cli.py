@@ -29,7 +29,7 @@ def _is_rank0() -> bool:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .io import load_weights, save_weights
-    from .models.patnet import PATNet, from_official, load_strict, patnet_to_official
+    from .models.patnet import PATNet, check_config_fits, from_official, load_strict, patnet_to_official
 
     if args.to == "patnet":
         model = from_official(args.src, act_layer=args.act)
@@ -39,6 +39,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         sd, cfg = load_weights(args.src)
         if not cfg:
             raise ValueError(f"{args.src} stores no PATNet architecture; convert it from the authors' layout first")
+        check_config_fits(cfg, sd, args.src)  # before building anything the metadata asks for
         load_strict(PATNet(**cfg), sd)  # proves the weights are a complete PATNet before renaming
         save_weights(patnet_to_official(sd), args.out)
     print(f"wrote {args.out} ({args.to} layout): embed_dim={cfg['embed_dim']} depths={cfg['depths']} "

@@ -96,7 +96,13 @@ def load_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        return obj, json.loads(meta.get("patnet_config", "{}"))
+        try:
+            config = json.loads(meta.get("patnet_config", "{}"))
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}: its stored architecture (metadata 'patnet_config') is not valid JSON") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{path}: its stored architecture (metadata 'patnet_config') is not a mapping")
+        return obj, config
     if isinstance(obj, Mapping) and "state_dict" in obj:
         return dict(obj["state_dict"]), dict(obj.get("config") or {})
     return dict(obj), {}

@@ -69,6 +69,7 @@ __all__ = [
     "load_official_state_dict",
     "load_model",
     "load_strict",
+    "check_config_fits",
     "create_from_checkpoint",
     "require_models",
     "checkpoint_filter_fn",
@@ -1187,6 +1188,37 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Non
     model.load_state_dict(state_dict, strict=True)
 
 
+def check_config_fits(config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: Any) -> None:
+    """Refuse a stored architecture that does not describe ``sd`` before anything is allocated for it.
+
+    The widths, depths and class count are read off the tensors and compared, so a file whose metadata asks for,
+    say, ``embed_dim=10**7`` fails in one line instead of allocating gigabytes.
+    """
+    import inspect
+
+    allowed = set(inspect.signature(PATNet.__init__).parameters) - {"self"}
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ValueError(f"{source}: stored architecture has unknown keys {unknown}")
+    if "stem.conv.weight" not in sd or sd["stem.conv.weight"].dim() != 4:
+        raise ValueError(f"{source} does not hold PATNet weights in this package's layout (no stem.conv.weight)")
+    expected: Dict[str, Any] = {"embed_dim": sd["stem.conv.weight"].shape[0], "in_chans": sd["stem.conv.weight"].shape[1]}
+    blocks: Dict[int, Set[int]] = {}
+    for k in sd:
+        m = re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.", k)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if blocks:
+        expected["depths"] = [len(blocks.get(i, ())) for i in range(max(blocks) + 1)]
+    if "conv_head.weight" in sd:
+        expected["feature_dim"] = sd["conv_head.weight"].shape[0]
+    expected["num_classes"] = sd["classifier.weight"].shape[0] if "classifier.weight" in sd else 0
+    wrong = [f"{k}={config[k]!r} (the weights say {v!r})" for k, v in expected.items()
+             if k in config and (list(config[k]) if isinstance(config[k], (list, tuple)) else config[k]) != v]
+    if wrong:
+        raise ValueError(f"{source}: stored architecture does not match its weights: {', '.join(wrong)}")
+
+
 def load_model(path: Union[str, Path], act_layer: Optional[LayerType] = None, **overrides: Any) -> PATNet:
     """Build a PATNet from a weights file: ours (``patnet convert`` / training output, architecture in its
     metadata) or the authors' layout (architecture inferred; pass ``act_layer``). Strict, returned in eval mode."""
@@ -1200,6 +1232,7 @@ def load_model(path: Union[str, Path], act_layer: Optional[LayerType] = None, **
         return from_official(sd, act_layer=act_layer, **overrides)
     if not config:
         raise ValueError(f"{path} stores no PATNet architecture; build the model yourself and use load_state_dict")
+    check_config_fits(config, sd, path)
     config.update(overrides)
     if act_layer is not None:
         config["act_layer"] = act_layer
