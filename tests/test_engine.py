@@ -316,3 +316,48 @@ def test_stored_architecture_is_checked_before_building(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, name
     assert not (tmp_path / "o.pth").exists()
+
+
+def test_malformed_deepforest_xml_is_skipped(tmp_path):
+    from PIL import Image
+
+    from patnet.detection.data import deepforest_to_coco
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("good", "bad"):
+        Image.new("RGB", (40, 30)).save(data / f"{name}.png")
+    (data / "good.xml").write_text("<annotation><filename>good.png</filename><object><name>Tree</name><bndbox>"
+                                   "<xmin>1</xmin><ymin>2</ymin><xmax>11</xmax><ymax>22</ymax></bndbox></object>"
+                                   "</annotation>")
+    (data / "bad.xml").write_text("<annotation><filename>bad.png</filename><object>")  # cut off
+    coco = json.loads(deepforest_to_coco(data, tmp_path / "out").read_text())
+    assert [i["file_name"] for i in coco["images"]] == ["good.png"]
+
+
+def test_predict_refuses_an_oversized_image(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import patnet.data
+    from patnet.detection.engine import predict_image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(patnet.data, "MAX_IMAGE_PIXELS", 1000)  # stands in for a decompression bomb
+    with pytest.raises(ValueError, match="more than the 1,000 pixels"):
+        predict_image(torch.nn.Identity(), tmp_path / "big.png", tmp_path / "p.png")
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    with RunFolder(tmp_path / "run") as folder:
+        folder.save_epoch({"model": {"w": torch.ones(2)}}, True, [{"epoch": 1, "loss": 0.5}])
+        before = (tmp_path / "run" / "last.pth").read_bytes()
+
+        def full(*a, **k):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4480 vs 4374")
+
+        monkeypatch.setattr(torch, "save", full)
+        with pytest.raises(OSError, match="is the disk full"):
+            folder.save_epoch({"model": {"w": torch.zeros(2)}}, True, [{"epoch": 2, "loss": 0.4}])
+    assert (tmp_path / "run" / "last.pth").read_bytes() == before
+    assert not list((tmp_path / "run").glob(".*.tmp"))
