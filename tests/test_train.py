@@ -1,5 +1,6 @@
 """Training and evaluation: datasets, a small run, exact resume, two-process DDP, and bad input."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -216,9 +217,26 @@ def test_nan_loss_stops_and_keeps_last_good(idx_data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(T, "seed_everything", seed)
     monkeypatch.setattr(LabelSmoothingCrossEntropy, "forward", fwd)
-    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2, step 1 .*Last good checkpoint"):
+    with pytest.raises(TrainingError, match=r"loss became nan in epoch 2 by step \d+ .*Last good checkpoint"):
         train(_cfg(idx_data, tmp_path / "run", epochs=2))
     assert torch.load(tmp_path / "run" / "last.pth", weights_only=False)["epoch"] == 0
+
+
+def test_loss_is_reduced_at_intervals_not_every_step(idx_data, tmp_path, monkeypatch):
+    # A reduction is a device sync plus (distributed) a collective: 24 steps must not cost 24 of them.
+    calls = []
+    real = T.all_sum
+
+    def counting(values, d):
+        calls.append(len(values))
+        return real(values, d)
+
+    monkeypatch.setattr(T, "all_sum", counting)
+    metrics = train(_cfg(idx_data, tmp_path / "run", epochs=1, batch_size=4))
+    assert len(calls) <= 6, calls  # 96 images / 4 = 24 steps
+    assert math.isfinite(metrics["loss"])
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert 0 < log[0]["train_loss"] < 5
 
 
 def test_yaml_config_sets_defaults(idx_data, tmp_path):

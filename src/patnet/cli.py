@@ -272,6 +272,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("runtime and output")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default=d.amp, help="mixed precision (bf16 on CPU)")
     g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training step (slow first steps)")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--output", default=d.output, help="folder for checkpoints, logs and metrics.json")
     g.add_argument("--resume", help="continue a run from its last.pth, with the run's own arguments (only "

@@ -44,7 +44,7 @@ LOCK_NAME = ".patnet.lock"
 RUN_FILES = ("last.pth", "best.pth", "log.jsonl", "metrics.json", "args.json")
 # Arguments a resumed run may change: they decide how the run is watched, not what it computes.
 RESUME_MAY_CHANGE = frozenset({"workers", "progress", "tensorboard", "max_val_batches", "strict_data", "resume",
-                               "output", "overwrite", "roi_batch_size_eval"})
+                               "output", "overwrite", "roi_batch_size_eval", "compile"})
 
 C = TypeVar("C")
 

@@ -59,6 +59,9 @@ RECIPE_NAMES = ("paper", "short")
 
 # Training cannot go on (diverged loss, non-finite weights); the message says where and which checkpoint is good.
 TrainingError = NonFiniteError
+# Steps between loss reductions (a device sync and, distributed, a collective): the progress bar's loss and the
+# non-finite check run at this interval and at the end of each epoch.
+LOSS_CHECK_EVERY = 20
 
 
 @dataclass
@@ -86,6 +89,7 @@ class TrainConfig:
     clip_grad: Optional[float] = None
     amp: str = "none"  # none | bf16 | fp16
     channels_last: bool = False
+    compile: bool = False  # torch.compile the training forward/backward (inductor)
     model_ema: bool = False
     model_ema_decay: float = 0.9998
     seed: int = 0
@@ -340,6 +344,8 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
                   num_classes=info.num_classes) if use_mix else None
     criterion = SoftTargetCrossEntropy() if use_mix else LabelSmoothingCrossEntropy(r["smoothing"])
     net = nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+    if cfg.compile:  # as timm's train.py: compile the (DDP-wrapped) module; weights stay in ``model``
+        net = torch.compile(net)
 
     writer = None
     if d.main:
@@ -370,7 +376,8 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
         net.train()
-        loss_sum, seen, skipped, t0 = 0.0, 0, 0, time.perf_counter()
+        loss_acc = torch.zeros((), dtype=torch.float64, device=d.device)
+        seen, skipped, t0 = 0, 0, time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and d.main),
                    leave=False)
         for i, (images, labels, bad) in enumerate(loader):
@@ -390,14 +397,7 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
                 images = images.contiguous(memory_format=torch.channels_last)
             with _autocast(cfg.amp, d.device):
                 loss = criterion(net(images), targets)
-            (reduced,) = all_sum([loss.item()], d)
-            reduced /= d.world
-            if not math.isfinite(reduced):
-                last = out / "last.pth"
-                raise NonFiniteError(
-                    f"loss became {reduced} at epoch {epoch + 1}, step {i + 1} (global step {step + 1}); stopped. "
-                    + (f"Last good checkpoint: {last}" if last.exists() else "No checkpoint was written yet")
-                )
+            loss_acc += loss.detach().double() * len(labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if r["clip_grad"]:
@@ -409,13 +409,24 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
             scheduler.step_update(step)
             if ema is not None:
                 ema.update(model, step=step)
-            loss_sum += reduced * len(labels)
             seen += len(labels)
-            lr = optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{reduced:.3f}", lr=f"{lr:.2e}",
-                            img_s=f"{seen * d.world / (time.perf_counter() - t0):.0f}")
+            if (i + 1) % LOSS_CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
+                # One sync and one collective per LOSS_CHECK_EVERY steps (not per step). A non-finite loss is
+                # caught here, before anything of this epoch is written.
+                loss_total, seen_total = all_sum([loss_acc.item(), seen], d)
+                mean_loss = loss_total / max(seen_total, 1)
+                if not math.isfinite(mean_loss):
+                    last = out / "last.pth"
+                    raise NonFiniteError(
+                        f"loss became {mean_loss} in epoch {epoch + 1} by step {i + 1} (global step {step}); "
+                        "stopped. " + (f"Last good checkpoint: {last}" if last.exists() else
+                                       "No checkpoint was written yet")
+                    )
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                                img_s=f"{seen * d.world / (time.perf_counter() - t0):.0f}")
             bar.update(1)
         bar.close()
+        loss_total, seen_total = all_sum([loss_acc.item(), seen], d)
         train_seconds = time.perf_counter() - t0
         (skipped,) = all_sum([skipped], d)
         images_epoch = seen * d.world
@@ -423,7 +434,7 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
         total_time += train_seconds
         val = evaluate(model, val_loader, d, cfg.amp, cfg.channels_last, cfg.max_val_batches)
         metrics = {
-            "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "loss": val["loss"], "top1": val["top1"],
+            "epoch": epoch + 1, "train_loss": loss_total / max(seen_total, 1), "loss": val["loss"], "top1": val["top1"],
             "top5": val["top5"], "val_images": val["count"], "lr": optimizer.param_groups[0]["lr"], "img_size": size,
             "train_images": images_epoch, "train_seconds": train_seconds,
             "train_images_per_second": images_epoch / max(train_seconds, 1e-9),

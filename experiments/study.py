@@ -1,0 +1,170 @@
+"""Accuracy study: PATNet against FasterNet with one recipe over several seeds, resumable, summarised with a verdict.
+
+Run (or continue: finished runs are skipped, interrupted ones resume exactly from their last.pth, on this or any
+machine that has the output folder):
+
+    python experiments/study.py run --out outputs/study_fmnist --models patnet_t0,fasternet_t0 --seeds 0,1,2 \
+        --epochs 30 -- --data fashion-mnist --img-size 64 --recipe short --amp bf16 --channels-last
+
+Summarise whatever has finished (and how far the others are):
+
+    python experiments/study.py summarize --out outputs/study_fmnist --results docs/results/study_fmnist
+
+Runs go two at a time, each pinned to its own core with one thread, so a study never shares a core with itself;
+never time anything else while it runs (its images/s are not speed figures). Everything after ``--`` is passed to
+``patnet train`` unchanged, so the recipe is exactly one command line for every run.
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+
+def _run_dir(out: Path, model: str, seed: int) -> Path:
+    return out / f"{model}_s{seed}"
+
+
+def run(args: argparse.Namespace, train_args: List[str]) -> None:
+    jobs = [(m, s) for s in args.seeds for m in args.models]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "study.json").write_text(json.dumps({"models": args.models, "seeds": args.seeds, "epochs": args.epochs,
+                                                     "train_args": train_args}, indent=2))
+    pending = [(m, s) for m, s in jobs if not (_run_dir(args.out, m, s) / "metrics.json").exists()]
+    cores = list(range(min(args.parallel, os.cpu_count() or 1)))
+    load = os.getloadavg()[0]
+    if load > 0.5:  # the study's own throughput is no claim, but say that something else is on the cores
+        print(f"study: load average {load:.1f} before starting: another job shares the cores; its runs will be "
+              "slower, and nothing should be timed until the study stops", file=sys.stderr)
+    running: Dict[int, subprocess.Popen] = {}
+    while pending or running:
+        for core in cores:
+            proc = running.get(core)
+            if proc is not None and proc.poll() is not None:
+                if proc.returncode:
+                    print(f"study: a run on core {core} failed (exit {proc.returncode}); see its log", file=sys.stderr)
+                del running[core]
+            if core not in running and pending:
+                model, seed = pending.pop(0)
+                d = _run_dir(args.out, model, seed)
+                resume = ["--resume", str(d / "last.pth")] if (d / "last.pth").exists() else []
+                cmd = ["taskset", "-c", str(core), "patnet", "train", "--model", model, "--seed", str(seed),
+                       "--epochs", str(args.epochs), "--output", str(d), "--workers", "0", "--no-progress",
+                       *train_args, *resume]
+                if resume:  # a resumed run takes its arguments from the checkpoint
+                    cmd = ["taskset", "-c", str(core), "patnet", "train", "--workers", "0", "--no-progress", *resume]
+                print(("resuming " if resume else "starting ") + f"{model} seed {seed} on core {core}", flush=True)
+                log = open(args.out / f"{model}_s{seed}.log", "a")
+                running[core] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if running:
+            next(iter(running.values())).wait(timeout=None) if len(running) == 1 else _wait_any(running)
+
+
+def _wait_any(running: Dict[int, subprocess.Popen]) -> None:
+    import time
+
+    while all(p.poll() is None for p in running.values()):
+        time.sleep(5)
+
+
+def paired_verdict(a: List[float], b: List[float]) -> Dict[str, float]:
+    """Paired by seed: mean difference a - b, its standard deviation, the paired t statistic and two-sided p."""
+    diffs = [x - y for x, y in zip(a, b)]
+    n = len(diffs)
+    mean = statistics.mean(diffs)
+    sd = statistics.stdev(diffs) if n > 1 else float("nan")
+    t = mean / (sd / math.sqrt(n)) if n > 1 and sd > 0 else float("nan")
+    try:
+        from scipy import stats
+
+        p = float(2 * stats.t.sf(abs(t), n - 1)) if math.isfinite(t) else float("nan")
+    except ImportError:
+        p = float("nan")
+    return {"n": n, "mean_diff": mean, "sd_diff": sd, "t": t, "p": p}
+
+
+def summarize(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from patnet.bench import environment
+
+    study = json.loads((args.out / "study.json").read_text())
+    rows, curves, progress = {}, {}, []
+    for model in study["models"]:
+        for seed in study["seeds"]:
+            d = _run_dir(args.out, model, seed)
+            log = [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()] if (d / "log.jsonl").exists() else []
+            curves[(model, seed)] = log
+            progress.append(f"{model} seed {seed}: {len(log)}/{study['epochs']} epochs"
+                            + (" (finished)" if (d / "metrics.json").exists() else ""))
+            if (d / "metrics.json").exists():
+                rows.setdefault(model, {})[seed] = json.loads((d / "metrics.json").read_text())["top1"]
+    lines = [f"Runs: {'; '.join(progress)}", "",
+             "| model | seeds finished | top-1 mean | top-1 std | top-1 per seed |", "|---|---|---|---|---|"]
+    summary = {"models": {}, "study": study, "environment": environment()}
+    for model, by_seed in rows.items():
+        vals = [by_seed[s] for s in sorted(by_seed)]
+        sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+        lines.append(f"| {model} | {len(vals)} | {statistics.mean(vals):.2f} | {sd:.2f} | "
+                     f"{', '.join(f'{v:.2f}' for v in vals)} |")
+        summary["models"][model] = {"seeds": sorted(by_seed), "epochs": study["epochs"], "top1": vals,
+                                    "train_args": study["train_args"]}
+    if len(study["models"]) == 2 and all(m in rows for m in study["models"]):
+        a, b = study["models"]
+        common = sorted(set(rows[a]) & set(rows[b]))
+        if len(common) >= 2:
+            v = paired_verdict([rows[a][s] for s in common], [rows[b][s] for s in common])
+            summary["paired"] = v
+            sig = v["p"] < 0.05
+            lines += ["", f"Paired by seed ({v['n']} seeds): {a} - {b} = {v['mean_diff']:+.2f} points, seed-to-seed "
+                      f"sd of the difference {v['sd_diff']:.2f}, t = {v['t']:.2f}, two-sided p = {v['p']:.3f}: "
+                      + ("the difference exceeds the seed-to-seed spread (p < 0.05)." if sig else
+                         "within the seed-to-seed spread (not significant at p < 0.05).")]
+    env = summary["environment"]
+    lines.append(f"\n{env['cpu']}, torch {env['torch']}, timm {env['timm']}; {env['date']}; "
+                 f"`patnet train` arguments: `{' '.join(study['train_args'])}`, {study['epochs']} epochs")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    args.results.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for i, model in enumerate(study["models"]):
+        for seed in study["seeds"]:
+            log = curves.get((model, seed), [])
+            if log:
+                ax.plot([h["epoch"] for h in log], [h["top1"] for h in log], color=f"C{i}", alpha=0.8,
+                        label=model if seed == study["seeds"][0] else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val top-1 [%]")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.results.with_suffix(".png"))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=["run", "summarize"])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--models", type=lambda s: s.split(","), default=["patnet_t0", "fasternet_t0"])
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--parallel", type=int, default=2, help="runs at once, one core each")
+    ap.add_argument("--results", type=Path, default=Path("docs/results/study"))
+    args = ap.parse_args(argv)
+    run(args, train_args) if args.action == "run" else summarize(args)
+
+
+if __name__ == "__main__":
+    main()
