@@ -209,3 +209,19 @@ def test_timm_lists_the_family_under_patnet():
     assert "patnet" in timm.list_modules() and "model" not in timm.list_modules()
     assert sorted(timm.list_models(module="patnet")) == sorted(patnet.VARIANTS)
     assert patnet.model is patnet.models.patnet  # the old import path is the same module
+
+
+def test_loaders_live_apart_from_the_network():
+    import ast
+    import inspect
+
+    import patnet.models.patnet as net
+    import patnet.weights as weights
+
+    # The network module defines no file loader; the old names still resolve, to the loaders in patnet.weights.
+    defined = {n.name for n in ast.parse(inspect.getsource(net)).body if isinstance(n, ast.FunctionDef)}
+    for name in ("from_official", "load_model", "create_from_checkpoint", "official_to_patnet", "require_models"):
+        assert name not in defined
+        assert getattr(net, name) is getattr(weights, name) is getattr(__import__("patnet.model").model, name)
+    with pytest.raises(AttributeError):
+        net.no_such_loader

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import patnet
-from patnet.model import patnet_to_official, official_to_patnet
+from patnet.weights import patnet_to_official, official_to_patnet
 
 from conftest import PARITY_FILES, load_parity
 

@@ -90,7 +90,7 @@ def test_int8_agrees_with_fp32_on_a_trained_model(tmp_path, idx_data):
                       img_size=32, lr=2e-3, mixup=0, cutmix=0, auto_augment="none", workers=0, progress=False,
                       scale=(0.9, 1.0), crop_pct=1.0)
     train(cfg)
-    from patnet.model import create_from_checkpoint
+    from patnet.weights import create_from_checkpoint
 
     model = create_from_checkpoint("patnet_t0", tmp_path / "run" / "last.pth")
     report = quantize_model(model, tmp_path / "q.onnx", str(idx_data), "patnet_t0", (32, 32), crop_pct=1.0,

@@ -123,7 +123,7 @@ def test_validate_ours_and_authors_layout(idx_data, tmp_path, capsys):
     m = train(_cfg(idx_data, out, epochs=1))
     ours = validate("patnet_t0", str(idx_data), out / "last.pth", img_size=32, crop_pct=1.0, workers=0)
     assert ours["top1"] == pytest.approx(m["top1"]) and ours["count"] == 48
-    from patnet.model import patnet_to_official
+    from patnet.weights import patnet_to_official
 
     sd = torch.load(out / "last.pth", weights_only=False)["model"]
     torch.save({"state_dict": patnet_to_official(sd)}, tmp_path / "official.pth")

@@ -6,9 +6,8 @@ works everywhere timm models do.
 import logging
 
 from . import model  # noqa: F401  (``patnet.model``: the network module under its first name)
-from .models.patnet import (
-    PATNet,
-    VARIANTS,
+from .models.patnet import PATNet, VARIANTS
+from .weights import (
     from_official,
     load_model,
     load_official_state_dict,

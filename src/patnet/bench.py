@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from .export import deploy_form
 from .flops import count_flops, count_params
-from .models.patnet import require_models
+from .weights import require_models
 
 __all__ = ["BenchRow", "run_benchmark", "matmul_peak_gflops", "environment", "write_results", "plot_results",
            "format_table"]

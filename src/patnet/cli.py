@@ -29,7 +29,8 @@ def _is_rank0() -> bool:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .io import load_weights, save_weights
-    from .models.patnet import PATNet, check_config_fits, from_official, load_strict, patnet_to_official
+    from .models.patnet import PATNet
+    from .weights import check_config_fits, from_official, load_strict, patnet_to_official
 
     if args.to == "patnet":
         model = from_official(args.src, act_layer=args.act)
@@ -65,7 +66,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _load_for_export(args: argparse.Namespace):
     import timm
 
-    from .models.patnet import create_from_checkpoint, require_models
+    from .weights import create_from_checkpoint, require_models
 
     if args.checkpoint is None:
         require_models(args.model)
@@ -276,7 +277,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--output", default=d.output, help="folder for checkpoints, logs and metrics.json")
     g.add_argument("--resume", help="continue a run from its last.pth, with the run's own arguments (only "
-                                    "--workers, --no-progress, --tensorboard, --max-val-batches may differ)")
+                                    "--workers, --no-progress, --tensorboard, --max-val-batches, --compile may differ)")
     g.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     g.add_argument("--tensorboard", action="store_true")
     g.add_argument("--no-progress", dest="progress", action="store_false")

@@ -215,7 +215,7 @@ def _resolve(cfg: TrainConfig, recipe: Dict[str, Any], world: int) -> Dict[str, 
 def _create_model(name: str, num_classes: int, drop_path_rate: Optional[float]) -> nn.Module:
     import timm
 
-    from .models.patnet import require_models
+    from .weights import require_models
 
     require_models(name)
     kwargs: Dict[str, Any] = {"num_classes": num_classes}
@@ -489,7 +489,7 @@ def validate(
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint on ``data``'s val split: a training checkpoint of ours, weights from
     ``patnet convert`` (.safetensors), or an authors'-layout checkpoint (converted on the fly, strictly)."""
-    from .models.patnet import create_from_checkpoint
+    from .weights import create_from_checkpoint
 
     d = init_distributed()
     info = resolve_dataset(data)

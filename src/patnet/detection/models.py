@@ -59,7 +59,7 @@ def build_backbone(
     from timm.layers import freeze_batch_norm_2d
     from timm.models import FeatureListNet
 
-    from ..models.patnet import require_models
+    from ..weights import require_models
 
     require_models(name)
     if norm not in NORM_MODES:
@@ -67,7 +67,7 @@ def build_backbone(
     if not 0 <= trainable_stages <= 4:
         raise ValueError(f"trainable_stages must be 0..4, got {trainable_stages}")
     if checkpoint is not None:
-        from ..models.patnet import create_from_checkpoint
+        from ..weights import create_from_checkpoint
 
         body = FeatureListNet(create_from_checkpoint(name, checkpoint, act_layer), out_indices=(0, 1, 2, 3),
                               flatten_sequential=True)

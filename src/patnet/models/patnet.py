@@ -19,9 +19,7 @@ Every module here computes exactly what the authors' module computes (the parity
 """
 
 import math
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -63,15 +61,6 @@ __all__ = [
     "PatAttnBlockStatic",
     "PATNet",
     "VARIANTS",
-    "from_official",
-    "official_to_patnet",
-    "patnet_to_official",
-    "load_official_state_dict",
-    "load_model",
-    "load_strict",
-    "check_config_fits",
-    "create_from_checkpoint",
-    "require_models",
     "checkpoint_filter_fn",
 ]
 
@@ -974,327 +963,16 @@ class PATNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Checkpoint conversion (authors' layout <-> ours)
+# Variants, pretrained configs and registration
 # ---------------------------------------------------------------------------------------------------------------
-
-# Key suffixes inside one block, (authors', ours). Used in both directions, so a round trip cannot drift.
-_BLOCK_KEYS: Tuple[Tuple[str, str], ...] = (
-    ("spatial_mixing.partial_conv3.", "mixer.conv."),
-    ("spatial_mixing.attn.cfc1.", "mixer.gate_conv."),
-    ("spatial_mixing.attn.bn.", "mixer.gate_bn."),
-    ("spatial_mixing.attn.qkv.", "mixer.qkv."),
-    ("spatial_mixing.attn.proj.", "mixer.proj."),
-    ("spatial_mixing.attn.rpe_k.lookup_table_bias", "mixer.rel_pos.bias_table"),
-    ("spatial_mixing.norm.", "mixer.norm."),
-    ("mlp.0.", "mlp.fc1."),
-    ("mlp.1.", "mlp.norm."),
-    ("mlp.3.", "mlp.fc2."),
-    ("mlp.4.conv_attn.", "mlp.spatial.attn_conv."),
-    ("mlp.4.norm.", "mlp.spatial.attn_norm."),
-    ("mlp.4.norm2.", "mlp.spatial.conv_norm."),
-    ("mlp.4.conv.", "mlp.spatial.conv."),
-)
-# Keys outside the stages, (authors', ours).
-_TOP_KEYS: Tuple[Tuple[str, str], ...] = (
-    ("patch_embed.proj.", "stem.conv."),
-    ("patch_embed.norm.", "stem.bn."),
-    ("avgpool_pre_head.1.", "conv_head."),
-    ("head.", "classifier."),
-)
-_OFFICIAL_STAGE = re.compile(r"^stages\.(\d+)\.(.*)$")
-_OURS_STAGE = re.compile(r"^stages\.(\d+)\.(downsample|blocks)\.(.*)$")
-
-
-def _swap_prefix(key: str, table: Sequence[Tuple[str, str]], reverse: bool) -> Optional[str]:
-    for theirs, ours in table:
-        src, dst = (ours, theirs) if reverse else (theirs, ours)
-        if key.startswith(src):
-            return dst + key[len(src):]
-    return None
-
-
-def _official_key_to_ours(key: str) -> Optional[str]:
-    m = _OFFICIAL_STAGE.match(key)
-    if m is None:
-        return _swap_prefix(key, _TOP_KEYS, reverse=False)
-    index, rest = int(m.group(1)), m.group(2)
-    if index % 2:  # merges sit between stages: stages.1 / .3 / .5 are the downsamples of our stages 1 / 2 / 3
-        for theirs, ours in (("reduction.", "conv."), ("norm.", "bn.")):
-            if rest.startswith(theirs):
-                return f"stages.{(index + 1) // 2}.downsample.{ours}{rest[len(theirs):]}"
-        return None
-    bm = re.match(r"^blocks\.(\d+)\.(.*)$", rest)
-    if bm is None:
-        return None
-    suffix = _swap_prefix(bm.group(2), _BLOCK_KEYS, reverse=False)
-    return None if suffix is None else f"stages.{index // 2}.blocks.{bm.group(1)}.{suffix}"
-
-
-def _our_key_to_official(key: str) -> Optional[str]:
-    m = _OURS_STAGE.match(key)
-    if m is None:
-        return _swap_prefix(key, _TOP_KEYS, reverse=True)
-    index, part, rest = int(m.group(1)), m.group(2), m.group(3)
-    if part == "downsample":
-        for theirs, ours in (("reduction.", "conv."), ("norm.", "bn.")):
-            if rest.startswith(ours):
-                return f"stages.{2 * index - 1}.{theirs}{rest[len(ours):]}"
-        return None
-    bm = re.match(r"^(\d+)\.(.*)$", rest)
-    if bm is None:
-        return None
-    suffix = _swap_prefix(bm.group(2), _BLOCK_KEYS, reverse=True)
-    return None if suffix is None else f"stages.{2 * index}.blocks.{bm.group(1)}.{suffix}"
-
-
-def _rename(state_dict: Mapping[str, torch.Tensor], fn: Callable[[str], Optional[str]], what: str) -> Dict[str, torch.Tensor]:
-    out: Dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in state_dict.items():
-        new = fn(key)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    if unknown:
-        raise KeyError(f"{len(unknown)} key(s) are not part of a {what} PATNet state dict: {sorted(unknown)[:8]}")
-    return out
-
-
-def official_to_patnet(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename an authors'-layout state dict to this package's layout (tensors are shared, not copied)."""
-    return _rename(state_dict, _official_key_to_ours, "authors'-layout")
-
-
-def patnet_to_official(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename a state dict of this package to the authors' layout (the inverse of ``official_to_patnet``)."""
-    return _rename(state_dict, _our_key_to_official, "patnet-layout")
-
-
-def _is_official_layout(state_dict: Mapping[str, Any]) -> bool:
-    return any(k.startswith("patch_embed.") or k.startswith("avgpool_pre_head.") for k in state_dict)
-
-
-def _unwrap(obj: Any) -> Dict[str, torch.Tensor]:
-    """Find the state dict inside a checkpoint object and strip wrapper prefixes (Lightning's ``model.``, DDP's
-    ``module.``)."""
-    for key in ("state_dict", "model", "model_state", "state_dict_ema"):
-        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError("checkpoint holds no state dict: expected tensors by name, or a 'state_dict'/'model' entry")
-    state = dict(obj)
-    for prefix in ("model.", "module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def load_official_state_dict(source: Union[str, Path, Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
-    """Load a state dict from a file (``.pth``/``.pt``/``.ckpt`` or ``.safetensors``) or a mapping, unwrapped."""
-    if isinstance(source, (str, Path)):
-        from ..io import read_checkpoint
-
-        obj: Any = read_checkpoint(source)
-    else:
-        obj = source
-    return _unwrap(obj)
-
-
-def _infer_official_config(sd: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
-    """Architecture arguments of ``PATNet`` read off an authors'-layout state dict's tensors."""
-    try:
-        stem = sd["patch_embed.proj.weight"]
-        embed_dim, in_chans, patch_size = stem.shape[0], stem.shape[1], stem.shape[2]
-        depths = []
-        for s in range(4):
-            blocks = {int(m.group(1)) for k in sd if (m := re.match(rf"^stages\.{2 * s}\.blocks\.(\d+)\.", k))}
-            depths.append(len(blocks))
-        conv_p = sd["stages.0.blocks.0.spatial_mixing.partial_conv3.weight"].shape[0]
-        hidden = sd["stages.0.blocks.0.mlp.0.weight"].shape[0]
-        heads = sd["stages.6.blocks.0.spatial_mixing.attn.rpe_k.lookup_table_bias"].shape[0]
-        head_conv = sd["avgpool_pre_head.1.weight"]
-        merge = sd["stages.1.reduction.weight"].shape[-1]
-    except KeyError as e:
-        raise ValueError(f"not an authors'-layout PATNet state dict: key {e.args[0]!r} is missing") from e
-    return dict(
-        in_chans=in_chans,
-        embed_dim=embed_dim,
-        depths=tuple(depths),
-        patch_size=patch_size,
-        merge_size=merge,
-        n_div=embed_dim // conv_p,
-        mlp_ratio=hidden / embed_dim,
-        spatial_attn=any(".mlp.4." in k for k in sd),
-        num_heads=heads,
-        feature_dim=head_conv.shape[0],
-        num_classes=sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-    )
-
-
-def from_official(
-        source: Union[str, Path, Mapping[str, Any]],
-        act_layer: LayerType = "gelu",
-        **overrides: Any,
-) -> PATNet:
-    """Build a ``PATNet`` from an authors'-layout checkpoint, architecture inferred from its tensors.
-
-    Width, depths, stem/merge sizes, split ratio, MLP ratio, PAT_sp, heads, head width and classes are read off the
-    tensors. The activation cannot be (it has no weights), so pass ``act_layer`` ('gelu' for T0/T1, 'relu' for
-    T2..L). ``overrides`` set any other ``PATNet`` argument (``drop_path_rate``, ``num_classes`` is not allowed to
-    disagree with the tensors). Loading is strict: missing or unused keys raise an error naming them.
-
-    Args:
-        source: A state dict, a checkpoint dict (``state_dict`` / ``model`` wrappers, Lightning ``model.``
-            prefixes), or a path to one.
-        act_layer: Activation the checkpoint was trained with.
-        **overrides: Extra ``PATNet`` constructor arguments.
-
-    Returns:
-        The model in eval mode.
-    """
-    sd = load_official_state_dict(source)
-    if not _is_official_layout(sd):
-        raise ValueError("state dict is not in the authors' layout (no 'patch_embed.*' keys); use load_state_dict")
-    cfg = _infer_official_config(sd)
-    for key, value in overrides.items():
-        if key in cfg and key != "num_classes" and value != cfg[key]:
-            raise ValueError(f"override {key}={value!r} contradicts the checkpoint, which has {key}={cfg[key]!r}")
-    cfg.update(overrides)
-    cfg["act_layer"] = act_layer
-    model = PATNet(**cfg)
-    load_strict(model, official_to_patnet(sd))
-    return model.eval()
-
-
-def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """``load_state_dict(strict=True)`` with one clear message naming missing, unused and mis-shaped keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unused = sorted(set(state_dict) - set(own))
-    shapes = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unused or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {missing[:6]}")
-        if unused:
-            parts.append(f"unused {len(unused)}: {unused[:6]}")
-        if shapes:
-            parts.append(
-                "wrong shape: " + ", ".join(f"{k} {tuple(state_dict[k].shape)} != {tuple(own[k].shape)}" for k in shapes[:4])
-            )
-        raise ValueError("checkpoint does not fit the model; " + "; ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
-
-
-def check_config_fits(config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: Any) -> None:
-    """Refuse a stored architecture that does not describe ``sd`` before anything is allocated for it.
-
-    The widths, depths and class count are read off the tensors and compared, so a file whose metadata asks for,
-    say, ``embed_dim=10**7`` fails in one line instead of allocating gigabytes.
-    """
-    import inspect
-
-    allowed = set(inspect.signature(PATNet.__init__).parameters) - {"self"}
-    unknown = sorted(set(config) - allowed)
-    if unknown:
-        raise ValueError(f"{source}: stored architecture has unknown keys {unknown}")
-    if "stem.conv.weight" not in sd or sd["stem.conv.weight"].dim() != 4:
-        raise ValueError(f"{source} does not hold PATNet weights in this package's layout (no stem.conv.weight)")
-    expected: Dict[str, Any] = {"embed_dim": sd["stem.conv.weight"].shape[0], "in_chans": sd["stem.conv.weight"].shape[1]}
-    blocks: Dict[int, Set[int]] = {}
-    for k in sd:
-        m = re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.", k)
-        if m:
-            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    if blocks:
-        expected["depths"] = [len(blocks.get(i, ())) for i in range(max(blocks) + 1)]
-    if "conv_head.weight" in sd:
-        expected["feature_dim"] = sd["conv_head.weight"].shape[0]
-    expected["num_classes"] = sd["classifier.weight"].shape[0] if "classifier.weight" in sd else 0
-    wrong = [f"{k}={config[k]!r} (the weights say {v!r})" for k, v in expected.items()
-             if k in config and (list(config[k]) if isinstance(config[k], (list, tuple)) else config[k]) != v]
-    if wrong:
-        raise ValueError(f"{source}: stored architecture does not match its weights: {', '.join(wrong)}")
-
-
-def load_model(path: Union[str, Path], act_layer: Optional[LayerType] = None, **overrides: Any) -> PATNet:
-    """Build a PATNet from a weights file: ours (``patnet convert`` / training output, architecture in its
-    metadata) or the authors' layout (architecture inferred; pass ``act_layer``). Strict, returned in eval mode."""
-    from ..io import load_weights
-
-    sd, config = load_weights(path)
-    sd = _unwrap(sd)
-    if _is_official_layout(sd):
-        if act_layer is None:
-            raise ValueError(f"{path} is an authors' checkpoint: pass act_layer ('gelu' for T0/T1, 'relu' for T2..L)")
-        return from_official(sd, act_layer=act_layer, **overrides)
-    if not config:
-        raise ValueError(f"{path} stores no PATNet architecture; build the model yourself and use load_state_dict")
-    check_config_fits(config, sd, path)
-    config.update(overrides)
-    if act_layer is not None:
-        config["act_layer"] = act_layer
-    model = PATNet(**config)
-    load_strict(model, sd)
-    return model.eval()
-
-
-def require_models(*names: str) -> None:
-    """Raise a one-line ``ValueError`` naming every name that timm does not know (PATNet's are registered)."""
-    import timm
-
-    unknown = [n for n in names if not timm.is_model(n)]
-    if unknown:
-        raise ValueError(f"unknown model name(s) {', '.join(unknown)}; see timm.list_models() "
-                         "(patnet_t0 .. patnet_l, fasternet_t0 .. fasternet_l, ...)")
-
-
-def create_from_checkpoint(
-        name: str,
-        checkpoint: Union[str, Path],
-        act_layer: Optional[str] = None,
-        num_classes: Optional[int] = None,
-) -> nn.Module:
-    """The registered timm model ``name`` with weights from any checkpoint, loaded strictly.
-
-    Accepts our training checkpoints (``last.pth`` / ``best.pth``), ``.safetensors`` from ``patnet convert``, and the
-    authors' layout (converted on the fly; ``act_layer`` for one whose activation is not the variant's). The class
-    count is read from the classifier unless ``num_classes`` is given.
-    """
-    import timm
-
-    require_models(name)
-    if name in VARIANTS:
-        sd = checkpoint_filter_fn(load_official_state_dict(checkpoint), None)
-        classifier = "classifier"
-    else:  # another timm model (the FasterNet baseline): its own keys, never taken for the authors' PATNet layout
-        from ..io import read_checkpoint
-
-        sd = _unwrap(read_checkpoint(checkpoint))
-        classifier = timm.models.get_pretrained_cfg_value(name, "classifier") or "classifier"
-        classifier = classifier[0] if isinstance(classifier, (list, tuple)) else classifier
-    if num_classes is None:
-        num_classes = next((v.shape[0] for k, v in sd.items() if k == f"{classifier}.weight"), 0)
-    kwargs: Dict[str, Any] = {"act_layer": act_layer} if act_layer is not None and name in VARIANTS else {}
-    model = timm.create_model(name, num_classes=num_classes, **kwargs)
-    try:
-        load_strict(model, sd)
-    except ValueError as e:
-        raise ValueError(f"checkpoint {checkpoint} does not fit {name}: {e}") from None
-    return model
-
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """timm pretrained filter: accepts our layout or the authors' (converted on the fly)."""
+    from ..weights import _is_official_layout, _unwrap, official_to_patnet
+
     sd = _unwrap(state_dict)
     return official_to_patnet(sd) if _is_official_layout(sd) else sd
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Variants, pretrained configs and registration
-# ---------------------------------------------------------------------------------------------------------------
 
 # The authors' released configurations (see the spec's variant table). Every consumer refers to these by name.
 VARIANTS: Dict[str, Dict[str, Any]] = {
@@ -1379,3 +1057,19 @@ def patnet_m(pretrained: bool = False, **kwargs: Any) -> PATNet:
 def patnet_l(pretrained: bool = False, **kwargs: Any) -> PATNet:
     """PATNet-L: C=160, depths 2-3-20-4, ReLU, 100.6 M params, 11.9 GFLOPs."""
     return _create_patnet("patnet_l", pretrained, **kwargs)
+
+
+# The file loaders and layout conversion live in ``patnet.weights``; these names stay reachable from here (and so
+# from ``patnet.model``) for code written against the first layout.
+_MOVED_TO_WEIGHTS = frozenset({
+    "from_official", "official_to_patnet", "patnet_to_official", "load_official_state_dict", "load_model",
+    "load_strict", "check_config_fits", "create_from_checkpoint", "require_models",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_WEIGHTS:
+        from .. import weights
+
+        return getattr(weights, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
