@@ -1,4 +1,5 @@
 """The ``patnet`` command: convert, its round trip and its one-line errors."""
+import os
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import torch
 import patnet
 from patnet.cli import main
 
-from conftest import DATA, load_parity
+from conftest import DATA, load_parity, make_idx_dataset
 
 
 def test_help_lists_subcommands(capsys):
@@ -54,5 +55,34 @@ def test_convert_bad_checkpoint_leaves_no_file(tmp_path, capsys):
 
 
 def test_console_script_installed():
+    import shutil
+
+    script = shutil.which("patnet", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
+    assert script is not None, "the `patnet` console script is not installed (pip install -e .)"
+    res = subprocess.run([script, "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == f"patnet {patnet.__version__}"
     res = subprocess.run([sys.executable, "-m", "patnet.cli", "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.startswith("patnet ")
+
+
+def test_jpeg_as_checkpoint_never_advises_unsafe_loading(tmp_path, capsys):
+    from PIL import Image
+
+    jpg = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8)).save(jpg)
+    data = make_idx_dataset(tmp_path / "idx", n_train=8, n_val=8)
+    assert main(["validate", "--model", "patnet_t0", "--checkpoint", str(jpg), "--data", str(data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a checkpoint" in err and "weights_only" not in err and len(err.splitlines()) == 1
+
+
+def test_unknown_model_is_the_only_message(tmp_path, capsys, caplog):
+    assert main(["train", "--model", "patnet_t9", "--output", str(tmp_path / "o")]) == 2
+    assert "unknown model name(s) patnet_t9" in capsys.readouterr().err
+    assert "recipe" not in caplog.text
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_without_checkpoint_says_the_weights_are_random(tmp_path, capsys):
+    assert main(["export", "patnet_t0", str(tmp_path / "m.onnx"), "--img-size", "64", "64"]) == 0
+    assert "randomly initialised" in capsys.readouterr().err

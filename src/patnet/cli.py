@@ -78,6 +78,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
     model = _load_for_export(args)
+    if args.checkpoint is None:
+        print("patnet: note: no --checkpoint given; exporting randomly initialised weights (fine for speed and "
+              "shape checks, useless for predictions)", file=sys.stderr)
     report = export_model(model, args.out, args.format, tuple(args.img_size), args.dynamic_batch, args.opset,
                           args.tolerance)
     errs = ", ".join(f"batch {b}: {e:.1e}" for b, e in report.max_rel_error.items())
@@ -361,6 +364,11 @@ def _cmd_detect_predict(args: argparse.Namespace) -> int:
 
     res = predict_image(load_detector(args.checkpoint), args.image, args.out, args.score_threshold)
     print(json.dumps(res, indent=2))
+    if not res["detections"]:
+        top = res["top_score"]
+        print(f"patnet: note: nothing scored >= --score-threshold {args.score_threshold}"
+              + (f"; the best candidate scored {top:.2f}: lower the threshold to see it" if top is not None else
+                 "; the detector proposed nothing at all"), file=sys.stderr)
     return 0
 
 

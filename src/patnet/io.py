@@ -83,8 +83,12 @@ def read_checkpoint(path: PathLike) -> Any:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch / safetensors raise many types for broken files
+        # torch's own message for a non-checkpoint advises weights_only=False (running arbitrary code); never quote it.
+        detail = str(e).splitlines()[0] if str(e) else ""
+        if "weights_only" in detail or "Weights only load failed" in detail:
+            detail = "holds objects other than tensors and plain values, or is no checkpoint at all"
         raise ValueError(f"cannot read checkpoint {path}: truncated or not a checkpoint "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                         f"({type(e).__name__}: {detail[:160]})") from None
 
 
 def load_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:

@@ -243,6 +243,9 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         cfg = replace(cfg, scale=SHORT_SCALE if tuple(cfg.scale) == tuple(defaults.scale) else cfg.scale,
                       crop_pct=SHORT_CROP_PCT if cfg.crop_pct == defaults.crop_pct else cfg.crop_pct)
     _check_config(cfg)
+    from .weights import require_models
+
+    require_models(cfg.model)  # an unknown name is the first and only message
     resolve_dataset(cfg.data)  # a bad --data fails before the output folder is created
     with RunFolder(Path(cfg.output), resume=resume_state is not None, overwrite=cfg.overwrite,
                    enabled=d.main) as folder:

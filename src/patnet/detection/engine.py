@@ -306,4 +306,5 @@ def predict_image(model: nn.Module, image_path: Path, out_path: Path, score_thre
         drawn = draw_bounding_boxes(drawn, out["boxes"][keep], labels=labels, colors="yellow", width=2)
     with atomic_path(Path(out_path)) as tmp:
         to_pil_image(drawn).save(tmp, format="PNG")
-    return {"detections": int(keep.sum()), "labels": labels, "output": str(out_path)}
+    top = float(out["scores"].max()) if len(out["scores"]) else None
+    return {"detections": int(keep.sum()), "labels": labels, "output": str(out_path), "top_score": top}
