@@ -59,6 +59,23 @@ def test_fusion_equivalence_every_variant(name, size):
         assert _rel_err(fused(x[:1]), model(x[:1])) < REL_TOL
 
 
+@pytest.mark.parametrize("name", ["patnet_t0", "patnet_t1"])
+def test_deployed_parameter_count_is_the_folded_count(name):
+    from patnet.export import static_form
+    from patnet.flops import count_params
+
+    model = timm.create_model(name).eval()
+    norms = sum(p.numel() for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm))
+                for p in m.parameters())
+    trained = count_params(model)
+    for form in (deploy_form(model), static_form(model)):
+        deployed = count_params(form)
+        # Folding removes the norms' affines (and, with PAT_sp, merges its 1x1 conv into fc2's rows: T1 loses 2.6%)
+        # and adds one gate row per PAT_sp MLP; weights held outside .parameters() would lose ~40%.
+        assert trained - norms - 0.03 * trained <= deployed <= trained, (deployed, trained)
+        assert not any(p.requires_grad for n, p in form.named_parameters() if n.endswith(("w1", "w2", "qkv_w")))
+
+
 def test_fusion_leaves_original_untouched():
     model = timm.create_model("patnet_t1", num_classes=3).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}

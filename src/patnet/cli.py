@@ -78,14 +78,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
     model = _load_for_export(args)
-    if args.checkpoint is None:
-        print("patnet: note: no --checkpoint given; exporting randomly initialised weights (fine for speed and "
-              "shape checks, useless for predictions)", file=sys.stderr)
     report = export_model(model, args.out, args.format, tuple(args.img_size), args.dynamic_batch, args.opset,
                           args.tolerance)
     errs = ", ".join(f"batch {b}: {e:.1e}" for b, e in report.max_rel_error.items())
     print(f"wrote {report.path} ({args.format}, {args.img_size[0]}x{args.img_size[1]}"
           f"{', dynamic batch' if args.dynamic_batch else ''}); verified against PyTorch, relative error {errs}")
+    if args.checkpoint is None:
+        print("patnet: note: no --checkpoint given; exporting randomly initialised weights (fine for speed and "
+              "shape checks, useless for predictions)", file=sys.stderr)
     return 0
 
 

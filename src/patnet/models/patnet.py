@@ -507,6 +507,12 @@ class PatStage(nn.Module):
 # Deployment form (``fuse()``): BatchNorm folded, 1x1 convs as batched GEMMs, residual adds fused into them
 # ---------------------------------------------------------------------------------------------------------------
 
+def _register_frozen(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """A folded weight of an inference form: a parameter (so parameter counts and ``.parameters()`` see it) that
+    needs no gradient."""
+    module.register_parameter(name, nn.Parameter(value.detach().clone(), requires_grad=False))
+
+
 def _conv1x1_matrix(conv: nn.Conv2d) -> torch.Tensor:
     return conv.weight.detach()[:, :, 0, 0]
 
@@ -531,8 +537,8 @@ class FusedMlp(nn.Module):
             b1 = b1 + w1[:, off:] @ t
             w1[:, off:] = w1[:, off:] * s
         s_n, t_n = _bn_affine(mlp.norm)
-        self.register_buffer("w1", w1 * s_n[:, None])
-        self.register_buffer("b1", (b1 * s_n + t_n)[:, None])
+        _register_frozen(self, "w1", w1 * s_n[:, None])
+        _register_frozen(self, "b1", (b1 * s_n + t_n)[:, None])
         self.act = mlp.act
 
         w2 = _conv1x1_matrix(mlp.fc2)  # (C, hidden)
@@ -551,8 +557,8 @@ class FusedMlp(nn.Module):
             self.dim_attn = 0
             rows = [w2]
             shift = torch.zeros(0, dtype=w2.dtype, device=w2.device)
-        self.register_buffer("w2", torch.cat(rows, 0))
-        self.register_buffer("shift", shift[None, :, None])  # (1, C, 1) when PAT_sp is on, else empty
+        _register_frozen(self, "w2", torch.cat(rows, 0))
+        _register_frozen(self, "shift", shift[None, :, None])  # (1, C, 1) when PAT_sp is on, else empty
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, col_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x`` residual and ``y`` MLP input, both (B, C, N); ``col_scale`` (B, C) or None. Returns (B, C, N)."""
@@ -577,8 +583,8 @@ class PatBlockDeploy(nn.Module):
         # The (1, 2) conv over [mean, std] is a linear map of the concatenated statistics; fold its BN in.
         w = mixer.gate_conv.weight.detach()[:, :, 0, :]  # (C2, C2, 2)
         s_g, t_g = _bn_affine(mixer.gate_bn)
-        self.register_buffer("gate_w", torch.cat([w[..., 0], w[..., 1]], dim=1) * s_g[:, None])
-        self.register_buffer("gate_b", t_g)
+        _register_frozen(self, "gate_w", torch.cat([w[..., 0], w[..., 1]], dim=1) * s_g[:, None])
+        _register_frozen(self, "gate_b", t_g)
         self.register_buffer("ones", torch.ones(1, self.dim_conv, dtype=w.dtype, device=w.device))
         self.mlp = FusedMlp(block.mlp, in_affine=_bn_affine(mixer.norm))
 
@@ -607,8 +613,8 @@ class PatAttnBlockDeploy(nn.Module):
         self.eps = m.norm.eps
         self.conv = m.conv
         w = m.qkv.weight.detach()
-        self.register_buffer("qkv_w", w * m.norm.weight.detach()[None, :])
-        self.register_buffer("qkv_b", w @ m.norm.bias.detach())
+        _register_frozen(self, "qkv_w", w * m.norm.weight.detach()[None, :])
+        _register_frozen(self, "qkv_b", w @ m.norm.bias.detach())
         self.rel_pos = m.rel_pos
         self.proj = m.proj
         self.mlp = FusedMlp(block.mlp)
@@ -657,10 +663,10 @@ class StaticMlp(nn.Module):
             bias = torch.cat([torch.zeros_like(shift[: self.dim_attn]), shift[self.dim_attn:],
                               shift.new_zeros(1)])
             self.fc2 = _conv1x1(fused.w2, bias)
-            self.register_buffer("shift", shift[: self.dim_attn].reshape(1, -1, 1, 1).clone())
+            _register_frozen(self, "shift", shift[: self.dim_attn].reshape(1, -1, 1, 1).clone())
         else:
             self.fc2 = _conv1x1(fused.w2, None)
-            self.register_buffer("shift", shift.new_zeros(0))
+            _register_frozen(self, "shift", shift.new_zeros(0))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``x`` residual and ``y`` MLP input, both (B, C, H, W)."""
