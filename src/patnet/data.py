@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -297,8 +298,8 @@ def build_transform(
         scale: Tuple[float, float] = (0.08, 1.0),
         crop_pct: float = 0.9,
         interpolation: str = "bicubic",
-        mean: Tuple[float, ...] = (0.485, 0.456, 0.406),
-        std: Tuple[float, ...] = (0.229, 0.224, 0.225),
+        mean: Tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+        std: Tuple[float, ...] = IMAGENET_DEFAULT_STD,
 ) -> Callable:
     """timm's transforms: random-resized crop, flip and RandAugment for training; resize + centre crop for eval.
 

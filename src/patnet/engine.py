@@ -126,7 +126,12 @@ class _Dist:
 
 
 def init_distributed() -> _Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on GPU); rank, world and device."""
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on GPU); rank, world and device.
+
+    Not ``timm.utils.init_distributed_device``: in the timm this package supports (1.0.x) it reads and mutates an
+    argparse namespace (``args.device``, ``args.dist_backend``, ...) shared with timm's own train script, and the
+    side-effect-free ``init_distributed_device_so`` is not part of it; both trainers here need a plain record.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
@@ -142,7 +147,11 @@ def init_distributed() -> _Dist:
 
 
 def all_sum(values: Sequence[float], d: _Dist) -> List[float]:
-    """Sum scalars over every rank (a no-op in a single process)."""
+    """Sum scalars over every rank (a no-op in a single process), in float64, in one collective.
+
+    Not ``timm.utils.reduce_tensor``: that averages one tensor per call; metrics here are exact counts (hits,
+    images, skipped files) that must be summed, several at once.
+    """
     t = torch.tensor(list(values), dtype=torch.float64, device=d.device)
     if d.world > 1:
         dist.all_reduce(t)

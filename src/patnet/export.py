@@ -150,7 +150,13 @@ def _require(module: str, extra: str = "deploy") -> None:
 
 
 def export_onnx_file(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool, opset: int) -> None:
-    """Write ``model`` traced on ``example`` as ONNX (no verification; ``export_model`` verifies)."""
+    """Write ``model`` traced on ``example`` as ONNX (no verification; ``export_model`` verifies).
+
+    Not ``timm.utils.onnx.onnx_export``: it checks with ``onnx.checker`` and an optional single comparison, writes
+    the file in place, and picks the exporter from the torch version; here the file goes through ``atomic_path``,
+    the TorchScript exporter is pinned (the static form's Convs quantize cleanly from it), and ``export_model``
+    verifies every batch size the file claims to accept before it exists under its name.
+    """
     _require("onnx")
     _require("onnxscript")
     kwargs = {}

@@ -333,7 +333,9 @@ def evaluate_onnx(path: Union[str, Path], data: str, batch_size: int = 64, max_i
     if pre is None:
         if img_size is None:
             raise ValueError(f"{path} carries no preprocessing metadata; pass --img-size")
-        pre = Preprocess((img_size, img_size), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.9, "bicubic", 0)
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        pre = Preprocess((img_size, img_size), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.9, "bicubic", 0)
     elif img_size is not None and tuple(pre.img_size) != (img_size, img_size):
         raise ValueError(f"{path} was exported for {pre.img_size[0]}x{pre.img_size[1]} input, not {img_size}")
     if crop_pct is not None:

@@ -141,11 +141,21 @@ def _size_at(schedule: List[Tuple[int, int]], epoch: int) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, d: _Dist, amp: str = "none", channels_last: bool = False,
-             max_batches: Optional[int] = None) -> Dict[str, float]:
-    """Loss (plain cross-entropy), top-1 and top-5 (percent), summed over every rank's shard."""
+             max_batches: Optional[int] = None, progress: bool = False, desc: str = "validate") -> Dict[str, float]:
+    """Loss (plain cross-entropy), top-1 and top-5 (percent), summed over every rank's shard.
+
+    Counts, not per-batch percentages: ``timm.utils.accuracy`` / ``AverageMeter`` give a local mean of batch
+    percentages, which neither reduces across processes nor stays exact with a short last batch. Sums stay on the
+    device until the end (one sync and one collective per evaluation).
+    """
+    from tqdm.auto import tqdm
+
     model.eval()
-    loss_sum = correct1 = correct5 = count = skipped = 0.0
-    for i, (images, labels, bad) in enumerate(loader):
+    sums = torch.zeros(4, dtype=torch.float64, device=d.device)  # loss, top-1 hits, top-5 hits, images
+    skipped = 0
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    for i, (images, labels, bad) in enumerate(tqdm(loader, total=total, desc=desc, disable=not progress,
+                                                   leave=False)):
         if max_batches is not None and i >= max_batches:
             break
         skipped += bad
@@ -157,16 +167,25 @@ def evaluate(model: nn.Module, loader: DataLoader, d: _Dist, amp: str = "none", 
         with _autocast(amp, d.device):
             logits = model(images)
         logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == labels).sum().item()
-        correct5 += (top == labels[:, None]).any(dim=1).sum().item()
-        count += len(labels)
-    loss_sum, correct1, correct5, count, skipped = all_sum([loss_sum, correct1, correct5, count, skipped], d)
+        sums += torch.stack([
+            nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
+            (top[:, 0] == labels).sum().double(), (top == labels[:, None]).any(dim=1).sum().double(),
+            torch.tensor(float(len(labels)), dtype=torch.float64, device=d.device),
+        ])
+    loss_sum, correct1, correct5, count, skipped = all_sum([*sums.tolist(), skipped], d)
     if count == 0:
         raise ValueError("no readable validation images were evaluated (all were skipped, or the split is empty)")
     return {"loss": loss_sum / count, "top1": 100 * correct1 / count, "top5": 100 * correct5 / count,
             "count": int(count), "skipped": int(skipped)}
+
+
+def _norm_of(model: nn.Module) -> Dict[str, Any]:
+    """Normalisation and interpolation from the model's pretrained config (``timm.data.resolve_model_data_config``)."""
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]), "interpolation": cfg["interpolation"]}
 
 
 def _autocast(amp: str, device: torch.device):
@@ -320,7 +339,9 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
         model = model.to(memory_format=torch.channels_last)
 
     train_ds = build_dataset(info, "train", None, cfg.strict_data)
-    val_ds = build_dataset(info, "val", build_transform(cfg.img_size, False, crop_pct=cfg.crop_pct), cfg.strict_data)
+    norm = _norm_of(model)  # the model's own mean / std / interpolation (ImageNet's for PATNet and FasterNet)
+    val_ds = build_dataset(info, "val", build_transform(cfg.img_size, False, crop_pct=cfg.crop_pct, **norm),
+                           cfg.strict_data)
     if len(train_ds) < cfg.batch_size * d.world:
         raise ValueError(f"{len(train_ds)} training images cannot fill one batch of {cfg.batch_size} x {d.world}")
 
@@ -374,7 +395,7 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
     for epoch in range(start_epoch, cfg.epochs):
         seed_everything(epoch_seed(cfg.seed, epoch, d.rank))
         size = _size_at(schedule, epoch)
-        train_ds.transform = build_transform(size, True, r["auto_augment"], tuple(cfg.scale))
+        train_ds.transform = build_transform(size, True, r["auto_augment"], tuple(cfg.scale), **norm)
         loader = _loader(train_ds, cfg.batch_size, True, d, cfg.workers, epoch_seed(cfg.seed, epoch))
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
@@ -435,7 +456,8 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
         images_epoch = seen * d.world
         total_images += images_epoch
         total_time += train_seconds
-        val = evaluate(model, val_loader, d, cfg.amp, cfg.channels_last, cfg.max_val_batches)
+        val = evaluate(model, val_loader, d, cfg.amp, cfg.channels_last, cfg.max_val_batches,
+                       progress=cfg.progress and d.main, desc=f"validate epoch {epoch + 1}")
         metrics = {
             "epoch": epoch + 1, "train_loss": loss_total / max(seen_total, 1), "loss": val["loss"], "top1": val["top1"],
             "top5": val["top5"], "val_images": val["count"], "lr": optimizer.param_groups[0]["lr"], "img_size": size,
@@ -444,7 +466,8 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
             "skipped_images": int(skipped) + val["skipped"],
         }
         if ema is not None:
-            ev = evaluate(ema.module, val_loader, d, cfg.amp, cfg.channels_last, cfg.max_val_batches)
+            ev = evaluate(ema.module, val_loader, d, cfg.amp, cfg.channels_last, cfg.max_val_batches,
+                          progress=cfg.progress and d.main, desc="validate EMA")
             metrics.update(top1_ema=ev["top1"], top5_ema=ev["top5"])
         if metrics["skipped_images"]:
             _log.warning("epoch %d: skipped %d unreadable images (paths logged above)", epoch + 1, metrics["skipped_images"])
@@ -488,7 +511,7 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
 def validate(
         model_name: str, data: str, checkpoint: Path, img_size: int = 64, batch_size: int = 128, crop_pct: float = 0.9,
         act_layer: Optional[str] = None, workers: int = 2, amp: str = "none", output: Optional[Path] = None,
-        max_batches: Optional[int] = None,
+        max_batches: Optional[int] = None, progress: bool = True,
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint on ``data``'s val split: a training checkpoint of ours, weights from
     ``patnet convert`` (.safetensors), or an authors'-layout checkpoint (converted on the fly, strictly)."""
@@ -501,8 +524,9 @@ def validate(
     if classes != info.num_classes:
         raise ValueError(f"{checkpoint} has {classes} classes; {data} has {info.num_classes}")
     model = model.to(d.device)
-    ds = build_dataset(info, "val", build_transform(img_size, False, crop_pct=crop_pct))
-    res = evaluate(model, _loader(ds, batch_size, False, d, workers, 0), d, amp, max_batches=max_batches)
+    ds = build_dataset(info, "val", build_transform(img_size, False, crop_pct=crop_pct, **_norm_of(model)))
+    res = evaluate(model, _loader(ds, batch_size, False, d, workers, 0), d, amp, max_batches=max_batches,
+                   progress=progress and d.main)
     res.update(model=model_name, checkpoint=str(checkpoint), data=str(info.root), img_size=img_size)
     if output is not None and d.main:
         with atomic_path(Path(output) / "metrics.json") as tmp:

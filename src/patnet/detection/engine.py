@@ -74,6 +74,13 @@ class DetectionError(PatnetError):
 
 
 def _lr_factor(cfg: DetectConfig, it: int, total: int) -> float:
+    """The lr multiplier at iteration ``it``: linear warm-up times step (2/3, 8/9 of training) or cosine decay.
+
+    As torchvision's detection references (``LinearLR`` warm-up chained with ``MultiStepLR`` / cosine), written as a
+    closed form of the iteration so a resumed run needs no scheduler state. timm's schedulers are not used here:
+    their warm-up is a separate phase ramping from ``warmup_lr_init`` rather than a factor on the decayed lr, so
+    they would not reproduce the references' schedule.
+    """
     warm = min(1.0, (it + 1) / max(cfg.warmup_iters, 1))
     t = it / max(total, 1)
     if cfg.schedule == "cosine":
@@ -210,13 +217,14 @@ def _train_detector(cfg: DetectConfig, d: Any, state: Optional[Dict[str, Any]], 
             folder.save_epoch(state, False, history)
     metrics: Dict[str, Any] = {"epochs": cfg.epochs, "history": history}
     if val_ds is not None:
-        metrics.update(evaluate_detector(model, val_ds, d, out if d.main else None, cfg.workers))
+        metrics.update(evaluate_detector(model, val_ds, d, out if d.main else None, cfg.workers,
+                                         progress=cfg.progress))
     return metrics
 
 
 @torch.no_grad()
 def evaluate_detector(model: nn.Module, dataset: CocoDataset, d: Any = None, output: Optional[Path] = None,
-                      workers: int = 2, max_images: Optional[int] = None) -> Dict[str, Any]:
+                      workers: int = 2, max_images: Optional[int] = None, progress: bool = True) -> Dict[str, Any]:
     """COCO AP of ``model`` on ``dataset`` (boxes, and masks if the dataset has them); written to
     ``output/coco_metrics.json`` when ``output`` is given. Under DDP each rank predicts a shard, rank 0 scores."""
     from pycocotools import mask as mask_utils
@@ -228,9 +236,11 @@ def evaluate_detector(model: nn.Module, dataset: CocoDataset, d: Any = None, out
     shard = indices[d.rank::d.world]
     loader = DataLoader(torch.utils.data.Subset(dataset, shard), batch_size=2, num_workers=workers,
                         collate_fn=collate, sampler=SequentialSampler(shard))
+    from tqdm.auto import tqdm
+
     results: List[Dict[str, Any]] = []
     t0 = time.perf_counter()
-    for images, targets in loader:
+    for images, targets in tqdm(loader, desc="COCO evaluation", disable=not (progress and d.main), leave=False):
         if not images:
             continue
         outputs = model([im.to(d.device) for im in images])

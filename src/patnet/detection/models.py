@@ -77,9 +77,11 @@ def build_backbone(
         body = freeze_batch_norm_2d(body)
     # The stem trains only with all four stages; FeatureListNet flattens "stages.i" to "stages_i".
     frozen = [] if trainable_stages == 4 else ["stem", "patch_embed"] + [f"stages_{i}" for i in range(4 - trainable_stages)]
-    for pname, p in body.named_parameters():
-        if any(pname.startswith(prefix) for prefix in frozen):
-            p.requires_grad_(False)
+    if frozen:  # timm.utils.freeze: the listed children's parameters stop learning (their BN is set by ``norm``)
+        from timm.utils import freeze
+
+        present = {n for n, _ in body.named_children()}
+        freeze(body, [n for n in frozen if n in present], include_bn_running_stats=False)
     return TimmFpnBackbone(body, out_channels)
 
 

@@ -31,15 +31,15 @@ from timm.layers import (
     DropPath,
     LayerNorm2d,
     SelectAdaptivePool2d,
+    calculate_drop_path_rates,
     get_act_layer,
+    register_notrace_function,
     trunc_normal_,
     use_fused_attn,
 )
 from timm.layers import Linear as ClassifierLinear
-from timm.models import build_model_with_cfg, checkpoint_seq, register_model
-from timm.models._features import feature_take_indices
-from timm.models._registry import generate_default_cfgs
-from timm.models._features_fx import register_notrace_function
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices  # no public name in timm 1.0.x
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = [
@@ -204,7 +204,12 @@ register_notrace_function(cached_bucket_index)
 # ---------------------------------------------------------------------------------------------------------------
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A copy of ``conv`` with the eval-mode ``bn`` that follows it folded into its weight and bias."""
+    """A copy of ``conv`` with the eval-mode ``bn`` that follows it folded into its weight and bias.
+
+    The arithmetic is torch's ``fuse_conv_bn_weights``. ``torch.nn.utils.fusion.fuse_conv_bn_eval`` is not used
+    because it refuses modules in training mode (``fuse()`` must not flip the caller's mode) and returns
+    trainable parameters where an inference form wants frozen ones.
+    """
     fused = nn.Conv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
         conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype,
@@ -821,8 +826,8 @@ class PATNet(nn.Module):
         reduction = patch_size * merge_size ** (len(depths) - 1)
 
         self.stem = Stem(in_chans, embed_dim, patch_size, min_input_size=reduction)
-        num_blocks = sum(depths)
-        dpr = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
+        # Linear from 0 over all blocks (torch.linspace, as the authors' and timm's FasterNet).
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages: List[nn.Module] = []
         self.feature_info: List[Dict[str, Any]] = []
         dim = embed_dim
@@ -832,7 +837,7 @@ class PATNet(nn.Module):
             else:
                 downsample = ConvBn(dim, dim * 2, merge_size, merge_size)
                 dim *= 2
-            block_dpr = dpr[sum(depths[:i]):sum(depths[:i + 1])]
+            block_dpr = dpr[i]
             common = dict(n_div=n_div, mlp_ratio=mlp_ratio, act_layer=act, spatial_attn=spatial_attn)
             if i < len(depths) - 1:
                 blocks: List[nn.Module] = [PatBlock(dim, drop_path=p, **common) for p in block_dpr]
