@@ -90,7 +90,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    from .export import DEFAULT_TOLERANCE, ONNX_OPSET
+    from .config import DEFAULT_TOLERANCE, ONNX_OPSET
 
     p = sub.add_parser("export", help="export a model's deployment form to ONNX or TorchScript, verified",
                        description="Fuse the model (BatchNorm folded), export it, run the file and compare it with "
@@ -174,7 +174,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _add_quantize(sub: argparse._SubParsersAction) -> None:
-    from .quantize import CALIBRATION_METHODS, DEFAULT_MAX_DROP
+    from .config import CALIBRATION_METHODS, DEFAULT_MAX_DROP
 
     p = sub.add_parser("quantize", help="int8 ONNX (QDQ) of any model, calibrated and verified on real images",
                        description="Export the model's static form, calibrate on --calib images (train split), "
@@ -235,7 +235,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a classifier (any timm model) on an image folder or IDX data",
@@ -389,7 +389,7 @@ def _cmd_detect_deepforest(args: argparse.Namespace) -> int:
 
 
 def _add_detect(sub: argparse._SubParsersAction) -> None:
-    from .detection.engine import DetectConfig
+    from .config import DetectConfig
 
     d = DetectConfig()
     det = sub.add_parser("detect", help="Faster / Mask R-CNN with a PATNet (or any timm) backbone",
@@ -494,6 +494,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"patnet: error: {e}", file=sys.stderr)
             return 2
     args = parser.parse_args(argv)
+    import patnet.models  # noqa: F401  (registers PATNet with timm; deferred by the launcher until a command runs)
+
     # Our messages at INFO; other libraries' (ONNX Runtime's quantizer logs every bias copy at INFO) at WARNING.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

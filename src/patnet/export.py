@@ -24,12 +24,11 @@ from .io import atomic_path, check_writable
 
 __all__ = ["deploy_form", "static_form", "compiled_form", "CompiledModel", "export_model", "ort_session", "ExportReport", "ExportError", "ONNX_OPSET"]
 
+from .config import DEFAULT_TOLERANCE, ONNX_OPSET  # noqa: F401
+
 _log = logging.getLogger(__name__)
 
-ONNX_OPSET = 18
 MAX_OPSET = 20  # the newest opset torch's TorchScript-based exporter writes
-# An export must match PyTorch within this fraction of the largest logit (the fusion bar of the deployment issue).
-DEFAULT_TOLERANCE = 1e-5
 
 
 class ExportError(PatnetError):

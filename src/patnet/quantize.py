@@ -34,12 +34,10 @@ __all__ = [
     "quantize_onnx", "read_preprocess", "write_preprocess", "CALIBRATION_METHODS", "DEFAULT_MAX_DROP",
 ]
 
+from .config import CALIBRATION_METHODS, DEFAULT_MAX_DROP  # noqa: F401
+
 _log = logging.getLogger(__name__)
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-# Largest accepted top-1 cost of quantization, in points (accuracy when labelled, else disagreement with fp32).
-# One point is what a careful deployment tolerates for an 8-bit model; tighter bounds are a flag away.
-DEFAULT_MAX_DROP = 1.0
 MIN_CALIB_IMAGES = 8
 METADATA_KEY = "patnet.preprocess"
 

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,6 +31,7 @@ from .engine import (  # noqa: F401  (init_distributed ... load_checkpoint: also
     NonFiniteError, RunFolder, _Dist, all_sum, epoch_seed, init_distributed, load_checkpoint, load_resume,
     seed_everything,
 )
+from .config import RECIPE_NAMES, TrainConfig  # noqa: F401  (also this module's public names)
 from .io import atomic_path
 
 __all__ = ["TrainConfig", "RECIPES", "recipe_for", "train", "validate", "evaluate", "TrainingError",
@@ -54,7 +55,6 @@ RECIPE_COMMON = dict(cutmix=1.0, smoothing=0.1, min_lr=1e-5, base_lr=1e-3, base_
 SHORT_RECIPE = dict(mixup=0.0, cutmix=0.0, auto_augment=None, smoothing=0.1, min_lr=1e-5, base_lr=0.016,
                     base_batch=1024, warmup_fraction=0.15, weight_decay=0.05, clip_grad=None)
 SHORT_SCALE, SHORT_CROP_PCT = (0.7, 1.0), 1.0
-RECIPE_NAMES = ("paper", "short")
 
 
 # Training cannot go on (diverged loss, non-finite weights); the message says where and which checkpoint is good.
@@ -62,46 +62,6 @@ TrainingError = NonFiniteError
 # Steps between loss reductions (a device sync and, distributed, a collective): the progress bar's loss and the
 # non-finite check run at this interval and at the end of each epoch.
 LOSS_CHECK_EVERY = 20
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; saved as ``args.json`` next to the results. ``None`` means "the recipe's"."""
-
-    model: str = "patnet_t0"
-    data: str = "fashion-mnist"
-    output: str = "outputs/train"
-    epochs: int = 10
-    batch_size: int = 128  # per process
-    img_size: int = 64
-    img_size_schedule: Optional[str] = None  # "EPOCH:SIZE,..." e.g. "0:192,280:224"
-    lr: Optional[float] = None
-    weight_decay: Optional[float] = None
-    warmup_epochs: Optional[float] = None
-    min_lr: Optional[float] = None
-    mixup: Optional[float] = None
-    cutmix: Optional[float] = None
-    smoothing: Optional[float] = None
-    auto_augment: Optional[str] = None  # "none" disables the recipe's RandAugment
-    scale: Tuple[float, float] = (0.08, 1.0)
-    crop_pct: float = 0.9
-    drop_path_rate: Optional[float] = None
-    clip_grad: Optional[float] = None
-    amp: str = "none"  # none | bf16 | fp16
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the training forward/backward (inductor)
-    model_ema: bool = False
-    model_ema_decay: float = 0.9998
-    seed: int = 0
-    workers: int = 2
-    resume: Optional[str] = None
-    strict_data: bool = False
-    tensorboard: bool = False
-    max_train_batches: Optional[int] = None  # cap per epoch (smoke tests, budgets)
-    max_val_batches: Optional[int] = None
-    progress: bool = True
-    overwrite: bool = False  # replace the run already in --output
-    recipe: str = "paper"  # "paper" (the authors' per-size recipe) or "short" (small data, few epochs)
 
 
 def recipe_for(model_name: str, recipe: str = "paper") -> Dict[str, Any]:

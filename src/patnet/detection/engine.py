@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from ..config import DetectConfig  # noqa: F401  (also this module's public name)
 from ..engine import (
     NonFiniteError, RunFolder, all_sum, epoch_seed, init_distributed, load_checkpoint, load_resume, seed_everything,
 )
@@ -34,39 +35,6 @@ __all__ = ["DetectConfig", "train_detector", "evaluate_detector", "predict_image
 _log = logging.getLogger(__name__)
 
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-@dataclass
-class DetectConfig:
-    """A detection run; saved as ``args.json`` beside the results."""
-
-    model: str = "patnet_t0"
-    ann: str = ""
-    images: str = ""
-    val_ann: Optional[str] = None
-    val_images: Optional[str] = None
-    task: str = "boxes"
-    epochs: int = 12
-    batch_size: int = 4
-    img_size: int = 512  # shorter side after resizing
-    max_size: Optional[int] = None  # longer side bound (default 5/3 of img_size)
-    lr: float = 2e-4
-    weight_decay: float = 0.05
-    schedule: str = "step"  # step | cosine
-    warmup_iters: int = 100
-    backbone_checkpoint: Optional[str] = None
-    backbone_act: Optional[str] = None
-    trainable_stages: int = 4
-    norm: str = "frozen"
-    roi_batch_size: int = 512
-    clip_grad: Optional[float] = 10.0
-    seed: int = 0
-    workers: int = 2
-    output: str = "outputs/detect"
-    resume: Optional[str] = None
-    max_iters_per_epoch: Optional[int] = None
-    progress: bool = True
-    overwrite: bool = False  # replace the run already in --output
 
 
 class DetectionError(PatnetError):
