@@ -79,7 +79,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     model = _load_for_export(args)
     report = export_model(model, args.out, args.format, tuple(args.img_size), args.dynamic_batch, args.opset,
-                          args.tolerance)
+                          args.tolerance, progress=True)
     errs = ", ".join(f"batch {b}: {e:.1e}" for b, e in report.max_rel_error.items())
     print(f"wrote {report.path} ({args.format}, {args.img_size[0]}x{args.img_size[1]}"
           f"{', dynamic batch' if args.dynamic_batch else ''}); verified against PyTorch, relative error {errs}")

@@ -211,6 +211,7 @@ def export_model(
         opset: int = ONNX_OPSET,
         tolerance: float = DEFAULT_TOLERANCE,
         form: Optional[str] = None,
+        progress: bool = False,
 ) -> ExportReport:
     """Export ``model``'s deployment form to ONNX or TorchScript and verify it against PyTorch.
 
@@ -225,6 +226,7 @@ def export_model(
         form: 'deploy' (``deploy_form``, the fastest in PyTorch) or 'static' (``static_form``: static-weight Convs,
             the form for int8 and 10-15% faster than 'deploy' in ONNX Runtime fp32). Default: 'static' for ONNX,
             'deploy' for TorchScript.
+        progress: Show a progress bar over the steps (folding, export, one verification per batch size).
 
     Raises:
         ExportError: The exported file does not reproduce the model within ``tolerance``.
@@ -242,12 +244,16 @@ def export_model(
     if fmt == "onnx" and not 14 <= opset <= MAX_OPSET:
         raise ValueError(f"ONNX opset {opset} is not supported; use 14 to {MAX_OPSET} (default {ONNX_OPSET})")
     path = check_writable(out)
+    from tqdm.auto import tqdm
+
+    batches: List[int] = [1, 8] if dynamic_batch else [1]
+    bar = tqdm(total=2 + len(batches), desc=f"export {fmt}", disable=not progress, leave=False)
+    bar.set_postfix_str(f"{form} form")
     was_training = model.training
     deploy = deploy_form(model) if form == "deploy" else static_form(model)
     reference = model.eval()
     in_chans = getattr(model, "in_chans", 3)
     example = torch.randn(1, in_chans, *img_size)
-    batches: List[int] = [1, 8] if dynamic_batch else [1]
     inputs = {b: torch.randn(b, in_chans, *img_size, generator=torch.Generator().manual_seed(b)) for b in batches}
     with torch.no_grad():
         deploy(example)  # fills the per-size caches so the graph holds constants, not their computation
@@ -255,6 +261,8 @@ def export_model(
             expected = {b: reference(x) for b, x in inputs.items()}
         finally:
             model.train(was_training)
+    bar.update(1)
+    bar.set_postfix_str("writing")
     report = ExportReport(path, fmt, tuple(img_size), dynamic_batch, opset=opset if fmt == "onnx" else None)
     with atomic_path(path) as tmp:
         with torch.no_grad():
@@ -269,8 +277,12 @@ def export_model(
                 _export_torchscript(deploy, example, tmp)
                 loaded = torch.jit.load(str(tmp))
                 run = loaded
+            bar.update(1)
             for b, x in inputs.items():
+                bar.set_postfix_str(f"verifying batch {b}")
                 report.max_rel_error[b] = _rel_err(run(x), expected[b])
+                bar.update(1)
+        bar.close()
         bad = {b: e for b, e in report.max_rel_error.items() if not e <= tolerance}
         if bad:
             raise ExportError(
