@@ -217,21 +217,24 @@ def test_nan_loss_stops_and_keeps_last_good(idx_data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(T, "seed_everything", seed)
     monkeypatch.setattr(LabelSmoothingCrossEntropy, "forward", fwd)
-    with pytest.raises(TrainingError, match=r"loss became nan in epoch 2 by step \d+ .*Last good checkpoint"):
+    with pytest.raises(TrainingError, match=r"loss became nan in epoch 2 by step \d+; stopped. Last good checkpoint"):
         train(_cfg(idx_data, tmp_path / "run", epochs=2))
     assert torch.load(tmp_path / "run" / "last.pth", weights_only=False)["epoch"] == 0
 
 
 def test_loss_is_reduced_at_intervals_not_every_step(idx_data, tmp_path, monkeypatch):
     # A reduction is a device sync plus (distributed) a collective: 24 steps must not cost 24 of them.
+    import patnet.engine as E
+
     calls = []
-    real = T.all_sum
+    real = E.all_sum
 
     def counting(values, d):
         calls.append(len(values))
         return real(values, d)
 
-    monkeypatch.setattr(T, "all_sum", counting)
+    monkeypatch.setattr(T, "all_sum", counting)  # the trainer's own reductions
+    monkeypatch.setattr(E, "all_sum", counting)  # the loss meter's
     metrics = train(_cfg(idx_data, tmp_path / "run", epochs=1, batch_size=4))
     assert len(calls) <= 6, calls  # 96 images / 4 = 24 steps
     assert math.isfinite(metrics["loss"])

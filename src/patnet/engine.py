@@ -36,7 +36,7 @@ from .io import atomic_path, read_checkpoint
 
 __all__ = ["RunFolder", "RunFolderError", "NonFiniteError", "non_finite_tensors", "json_safe", "resume_config",
            "RESUME_MAY_CHANGE", "load_resume",
-           "init_distributed", "all_sum", "epoch_seed", "seed_everything", "load_checkpoint"]
+           "init_distributed", "all_sum", "epoch_seed", "seed_everything", "load_checkpoint", "LossMeter"]
 
 _log = logging.getLogger(__name__)
 
@@ -156,6 +156,45 @@ def all_sum(values: Sequence[float], d: _Dist) -> List[float]:
     if d.world > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+class LossMeter:
+    """The running mean of a training loss over one epoch, summed on the device.
+
+    ``update`` adds a step's loss without a device sync; every ``every`` steps (and on ``reduce``) the sum is
+    reduced over all ranks (one sync and one collective) and a NaN / inf mean stops the run with a
+    ``NonFiniteError`` naming the epoch, the step and the last good checkpoint in ``out``.
+    """
+
+    def __init__(self, d: "_Dist", out: Path, epoch: int, every: int = 20) -> None:
+        self.d, self.out, self.epoch, self.every = d, Path(out), epoch, every
+        self.total = torch.zeros((), dtype=torch.float64, device=d.device)
+        self.count = 0  # samples (or steps) weighted into ``total``
+        self.steps = 0
+        self.mean = float("nan")  # the last reduced mean
+
+    def update(self, loss: torch.Tensor, weight: int = 1) -> bool:
+        """Add one step's (mean) loss for ``weight`` samples; True when this step reduced (``mean`` is fresh)."""
+        self.total += loss.detach().double() * weight
+        self.count += weight
+        self.steps += 1
+        if self.steps % self.every:
+            return False
+        self.reduce()
+        return True
+
+    def reduce(self) -> float:
+        """The mean over every rank so far; raises ``NonFiniteError`` if it is NaN / inf."""
+        total, count = all_sum([self.total.item(), self.count], self.d)
+        mean = total / max(count, 1)
+        if not math.isfinite(mean):
+            last = self.out / "last.pth"
+            raise NonFiniteError(
+                f"loss became {mean} in epoch {self.epoch + 1} by step {self.steps}; stopped. "
+                + (f"Last good checkpoint: {last}" if last.exists() else "No checkpoint was written yet")
+            )
+        self.mean = mean
+        return mean
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:

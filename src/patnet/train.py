@@ -14,7 +14,6 @@ continues bit-for-bit as the uninterrupted run would on the same machine and thr
 """
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,11 +26,11 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from torch.utils.data.distributed import DistributedSampler
 
 from .data import build_dataset, build_transform, collate_skip_bad, resolve_dataset
+from .config import RECIPE_NAMES, TrainConfig  # noqa: F401  (also this module's public names)
 from .engine import (  # noqa: F401  (init_distributed ... load_checkpoint: also this module's public names)
-    NonFiniteError, RunFolder, _Dist, all_sum, epoch_seed, init_distributed, load_checkpoint, load_resume,
+    LossMeter, NonFiniteError, RunFolder, _Dist, all_sum, epoch_seed, init_distributed, load_checkpoint, load_resume,
     seed_everything,
 )
-from .config import RECIPE_NAMES, TrainConfig  # noqa: F401  (also this module's public names)
 from .io import atomic_path
 
 __all__ = ["TrainConfig", "RECIPES", "recipe_for", "train", "validate", "evaluate", "TrainingError",
@@ -255,13 +254,72 @@ def _check_config(cfg: TrainConfig) -> None:
                              "(e.g. rand-m7-mstd0.5) or 'none'") from None
 
 
+def train_one_epoch(
+        net: nn.Module, model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+        scheduler: Any, scaler: torch.amp.GradScaler, cfg: TrainConfig, clip_grad: Optional[float], d: _Dist,
+        epoch: int, steps: int, step: int, out: Path, ema: Optional[nn.Module] = None, mixup: Optional[Any] = None,
+) -> Tuple[Dict[str, Any], int]:
+    """One epoch of classification training; returns (its metrics, the global step after it).
+
+    ``net`` runs the steps (``model`` itself, or its DDP / compiled wrapper); ``model`` holds the weights that are
+    clipped and tracked by ``ema``. ``scheduler`` is timm's, stepped per update. The loss is summed on the device
+    and reduced every ``LOSS_CHECK_EVERY`` steps and at the end (``engine.LossMeter``), where NaN / inf stops the
+    run before anything of the epoch is written.
+    """
+    from timm.utils import dispatch_clip_grad
+    from tqdm.auto import tqdm
+
+    net.train()
+    meter = LossMeter(d, out, epoch, every=LOSS_CHECK_EVERY)
+    seen, skipped, t0 = 0, 0, time.perf_counter()
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and d.main),
+               leave=False)
+    for i, (images, labels, bad) in enumerate(loader):
+        if i >= steps:
+            break
+        skipped += bad
+        if len(labels) < 2:
+            continue
+        if mixup is not None and len(labels) % 2:
+            images, labels = images[:-1], labels[:-1]
+        images, labels = images.to(d.device, non_blocking=True), labels.to(d.device, non_blocking=True)
+        targets = labels
+        if mixup is not None:
+            images, targets = mixup(images, labels)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(cfg.amp, d.device):
+            loss = criterion(net(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip_grad:
+            scaler.unscale_(optimizer)
+            dispatch_clip_grad(model.parameters(), clip_grad, mode="norm")
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        scheduler.step_update(step)
+        if ema is not None:
+            ema.update(model, step=step)
+        seen += len(labels)
+        if meter.update(loss, len(labels)):
+            bar.set_postfix(loss=f"{meter.mean:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                            img_s=f"{seen * d.world / (time.perf_counter() - t0):.0f}")
+        bar.update(1)
+    bar.close()
+    train_loss = meter.reduce()
+    seconds = time.perf_counter() - t0
+    (skipped,) = all_sum([skipped], d)
+    return {"train_loss": train_loss, "train_images": seen * d.world, "train_seconds": seconds,
+            "skipped_images": int(skipped)}, step
+
+
 def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]], folder: RunFolder) -> Dict[str, Any]:
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3, dispatch_clip_grad
-    from tqdm.auto import tqdm
+    from timm.utils import ModelEmaV3
 
     out = Path(cfg.output)
     _check_config(cfg)
@@ -359,71 +417,19 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
         loader = _loader(train_ds, cfg.batch_size, True, d, cfg.workers, epoch_seed(cfg.seed, epoch))
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
-        net.train()
-        loss_acc = torch.zeros((), dtype=torch.float64, device=d.device)
-        seen, skipped, t0 = 0, 0, time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and d.main),
-                   leave=False)
-        for i, (images, labels, bad) in enumerate(loader):
-            if i >= steps_per_epoch:
-                break
-            skipped += bad
-            if len(labels) < 2:
-                continue
-            if mixup is not None and len(labels) % 2:
-                images, labels = images[:-1], labels[:-1]
-            images, labels = images.to(d.device, non_blocking=True), labels.to(d.device, non_blocking=True)
-            if mixup is not None:
-                images, targets = mixup(images, labels)
-            else:
-                targets = labels
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with _autocast(cfg.amp, d.device):
-                loss = criterion(net(images), targets)
-            loss_acc += loss.detach().double() * len(labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if r["clip_grad"]:
-                scaler.unscale_(optimizer)
-                dispatch_clip_grad(model.parameters(), r["clip_grad"], mode="norm")
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            scheduler.step_update(step)
-            if ema is not None:
-                ema.update(model, step=step)
-            seen += len(labels)
-            if (i + 1) % LOSS_CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
-                # One sync and one collective per LOSS_CHECK_EVERY steps (not per step). A non-finite loss is
-                # caught here, before anything of this epoch is written.
-                loss_total, seen_total = all_sum([loss_acc.item(), seen], d)
-                mean_loss = loss_total / max(seen_total, 1)
-                if not math.isfinite(mean_loss):
-                    last = out / "last.pth"
-                    raise NonFiniteError(
-                        f"loss became {mean_loss} in epoch {epoch + 1} by step {i + 1} (global step {step}); "
-                        "stopped. " + (f"Last good checkpoint: {last}" if last.exists() else
-                                       "No checkpoint was written yet")
-                    )
-                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                                img_s=f"{seen * d.world / (time.perf_counter() - t0):.0f}")
-            bar.update(1)
-        bar.close()
-        loss_total, seen_total = all_sum([loss_acc.item(), seen], d)
-        train_seconds = time.perf_counter() - t0
-        (skipped,) = all_sum([skipped], d)
-        images_epoch = seen * d.world
+        done, step = train_one_epoch(net, model, loader, criterion, optimizer, scheduler, scaler, cfg, r["clip_grad"],
+                                     d, epoch, steps_per_epoch, step, out, ema=ema, mixup=mixup)
+        images_epoch, train_seconds = done["train_images"], done["train_seconds"]
         total_images += images_epoch
         total_time += train_seconds
         val = evaluate(model, val_loader, d, cfg.amp, cfg.channels_last, cfg.max_val_batches,
                        progress=cfg.progress and d.main, desc=f"validate epoch {epoch + 1}")
         metrics = {
-            "epoch": epoch + 1, "train_loss": loss_total / max(seen_total, 1), "loss": val["loss"], "top1": val["top1"],
+            "epoch": epoch + 1, "train_loss": done["train_loss"], "loss": val["loss"], "top1": val["top1"],
             "top5": val["top5"], "val_images": val["count"], "lr": optimizer.param_groups[0]["lr"], "img_size": size,
             "train_images": images_epoch, "train_seconds": train_seconds,
             "train_images_per_second": images_epoch / max(train_seconds, 1e-9),
-            "skipped_images": int(skipped) + val["skipped"],
+            "skipped_images": done["skipped_images"] + val["skipped"],
         }
         if ema is not None:
             ev = evaluate(ema.module, val_loader, d, cfg.amp, cfg.channels_last, cfg.max_val_batches,

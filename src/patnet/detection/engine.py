@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..config import DetectConfig  # noqa: F401  (also this module's public name)
 from ..engine import (
-    NonFiniteError, RunFolder, all_sum, epoch_seed, init_distributed, load_checkpoint, load_resume, seed_everything,
+    LossMeter, RunFolder, epoch_seed, init_distributed, load_checkpoint, load_resume, seed_everything,
 )
 from ..errors import PatnetError
 from ..io import atomic_path
@@ -83,8 +83,6 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
 
 
 def _train_detector(cfg: DetectConfig, d: Any, state: Optional[Dict[str, Any]], folder: RunFolder) -> Dict[str, Any]:
-    from tqdm.auto import tqdm
-
     if cfg.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {cfg.epochs}")
     if cfg.task not in ("boxes", "masks"):
@@ -139,40 +137,8 @@ def _train_detector(cfg: DetectConfig, d: Any, state: Optional[Dict[str, Any]], 
             sampler.set_epoch(epoch)
         loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
                             drop_last=True, generator=g)
-        net.train()
-        t0, loss_sum, n = time.perf_counter(), 0.0, 0
-        bar = tqdm(total=per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and d.main),
-                   leave=False)
-        for i, (images, targets) in enumerate(loader):
-            if i >= per_epoch:
-                break
-            if not images:  # every image of the batch was unreadable (logged by the dataset)
-                continue
-            it = epoch * per_epoch + i
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(cfg, it, total)
-            images = [im.to(d.device) for im in images]
-            targets = [{k: (v.to(d.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-            losses = net(images, targets)
-            loss = sum(losses.values())
-            (reduced,) = all_sum([loss.item()], d)
-            reduced /= d.world
-            if not math.isfinite(reduced):
-                last = out / "last.pth"
-                raise NonFiniteError(f"loss became {reduced} at epoch {epoch + 1}, step {i + 1}; stopped. " + (
-                    f"Last good checkpoint: {last}" if last.exists() else "No checkpoint was written yet"))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            optimizer.step()
-            loss_sum += reduced
-            n += 1
-            bar.set_postfix(loss=f"{reduced:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
-            bar.update(1)
-        bar.close()
-        seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "seconds": seconds,
+        loss, n, seconds = train_one_epoch(net, loader, optimizer, params, cfg, d, epoch, per_epoch, total, out)
+        history.append({"epoch": epoch + 1, "loss": loss, "seconds": seconds,
                         "images_per_second": n * cfg.batch_size * d.world / max(seconds, 1e-9)})
         _log.info("epoch %d/%d: loss %.4f, %.1f img/s", epoch + 1, cfg.epochs, history[-1]["loss"],
                   history[-1]["images_per_second"])
@@ -188,6 +154,46 @@ def _train_detector(cfg: DetectConfig, d: Any, state: Optional[Dict[str, Any]], 
         metrics.update(evaluate_detector(model, val_ds, d, out if d.main else None, cfg.workers,
                                          progress=cfg.progress))
     return metrics
+
+
+def train_one_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, params: List[nn.Parameter],
+                    cfg: DetectConfig, d: Any, epoch: int, per_epoch: int, total: int,
+                    out: Path) -> Tuple[float, int, float]:
+    """One epoch of detection training: (mean loss per iteration over every rank, iterations, seconds).
+
+    The lr follows ``_lr_factor`` per iteration; the loss is reduced at intervals and at the end
+    (``engine.LossMeter``), where NaN / inf stops the run before anything of the epoch is written.
+    """
+    from tqdm.auto import tqdm
+
+    net.train()
+    meter = LossMeter(d, out, epoch)
+    t0, n = time.perf_counter(), 0
+    bar = tqdm(total=per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and d.main),
+               leave=False)
+    for i, (images, targets) in enumerate(loader):
+        if i >= per_epoch:
+            break
+        if not images:  # every image of the batch was unreadable (logged by the dataset)
+            continue
+        it = epoch * per_epoch + i
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * _lr_factor(cfg, it, total)
+        images = [im.to(d.device) for im in images]
+        targets = [{k: (v.to(d.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        losses = net(images, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        optimizer.step()
+        n += 1
+        if meter.update(loss):
+            bar.set_postfix(loss=f"{meter.mean:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+        bar.update(1)
+    bar.close()
+    return meter.reduce(), n, time.perf_counter() - t0
 
 
 @torch.no_grad()
