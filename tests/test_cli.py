@@ -54,6 +54,7 @@ def test_convert_bad_checkpoint_leaves_no_file(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [src]
 
 
+@pytest.mark.slow
 def test_console_script_installed():
     import shutil
 
@@ -65,6 +66,7 @@ def test_console_script_installed():
     assert res.returncode == 0 and res.stdout.startswith("patnet ")
 
 
+@pytest.mark.slow
 def test_help_and_version_never_import_torch():
     # The console script's launcher answers --help / --version without torch and timm (seconds of imports); a
     # command registers the models before it runs.

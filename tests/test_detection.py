@@ -119,6 +119,7 @@ def test_coco_errors(tmp_path):
         CocoDataset(only_missing, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["boxes", "masks"])
 def test_tiny_training_and_coco_eval(coco_data, tmp_path, task, capsys):
     root, paths = coco_data
@@ -228,6 +229,7 @@ def test_deepforest_tiling_and_single_class(tmp_path):
     assert by_file["big_50_10.png"] == [[0.0, 10.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]]
 
 
+@pytest.mark.slow
 def test_detection_distributed_two_processes(coco_data, tmp_path):
     import os
     import subprocess

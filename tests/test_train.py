@@ -134,6 +134,7 @@ def test_validate_ours_and_authors_layout(idx_data, tmp_path, capsys):
     assert "does not fit patnet_t1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_distributed_two_processes(idx_data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
