@@ -115,19 +115,31 @@ def summarize(args: argparse.Namespace) -> None:
         sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
         lines.append(f"| {model} | {len(vals)} | {statistics.mean(vals):.2f} | {sd:.2f} | "
                      f"{', '.join(f'{v:.2f}' for v in vals)} |")
-        summary["models"][model] = {"seeds": sorted(by_seed), "epochs": study["epochs"], "top1": vals,
+        args_file = next((_run_dir(args.out, model, s) / "args.json" for s in sorted(by_seed)), None)
+        run_args = json.loads(args_file.read_text()) if args_file is not None and args_file.exists() else {}
+        summary["models"][model] = {"seeds": sorted(by_seed), "epochs": study["epochs"],
+                                    "img_size": run_args.get("img_size"), "data": run_args.get("data"),
+                                    "top1": vals, "top1_by_seed": {str(s): by_seed[s] for s in sorted(by_seed)},
                                     "train_args": study["train_args"]}
     if len(study["models"]) == 2 and all(m in rows for m in study["models"]):
         a, b = study["models"]
         common = sorted(set(rows[a]) & set(rows[b]))
         if len(common) >= 2:
+            wins = sum(rows[a][x] > rows[b][x] for x in common)
+            lines += ["", f"{a} ahead on {wins} of {len(common)} paired seeds."]
             v = paired_verdict([rows[a][s] for s in common], [rows[b][s] for s in common])
             summary["paired"] = v
             sig = v["p"] < 0.05
             lines += ["", f"Paired by seed ({v['n']} seeds): {a} - {b} = {v['mean_diff']:+.2f} points, seed-to-seed "
                       f"sd of the difference {v['sd_diff']:.2f}, t = {v['t']:.2f}, two-sided p = {v['p']:.3f}: "
                       + ("the difference exceeds the seed-to-seed spread (p < 0.05)." if sig else
-                         "within the seed-to-seed spread (not significant at p < 0.05).")]
+                         "within the seed-to-seed spread (not significant at p < 0.05).")
+                      + (" Only 2 paired seeds (1 degree of freedom): indicative, not a test with power."
+                         if v["n"] == 2 else "")]
+    seeds = ",".join(str(x) for x in study["seeds"])
+    lines += ["", f"Run or continue (finished runs are skipped, interrupted ones resume from their last.pth): "
+              f"`python experiments/study.py run --out {args.out} --models {','.join(study['models'])} --seeds {seeds} "
+              f"--epochs {study['epochs']} -- {' '.join(study['train_args'])}`"]
     env = summary["environment"]
     lines.append(f"\n{env['cpu']}, torch {env['torch']}, timm {env['timm']}; {env['date']}; "
                  f"`patnet train` arguments: `{' '.join(study['train_args'])}`, {study['epochs']} epochs")

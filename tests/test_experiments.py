@@ -1,0 +1,75 @@
+"""The accuracy study's runner and the elpv split: the statistics and the bookkeeping behind published verdicts."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+study = _load("study")
+elpv = _load("elpv_prepare")
+
+
+def test_paired_verdict_matches_scipy_ttest_rel():
+    from scipy import stats  # in [dev]
+    a, b = [91.2, 90.7, 91.5], [90.9, 90.8, 91.0]
+    v = study.paired_verdict(a, b)
+    ref = stats.ttest_rel(a, b)
+    assert v["n"] == 3
+    assert v["mean_diff"] == pytest.approx(sum(a) / 3 - sum(b) / 3)
+    assert v["t"] == pytest.approx(ref.statistic) and v["p"] == pytest.approx(ref.pvalue)
+
+
+def _fake_run(root: Path, model: str, seed: int, top1s, finished: bool) -> None:
+    d = root / f"{model}_s{seed}"
+    d.mkdir(parents=True)
+    (d / "log.jsonl").write_text("\n".join(json.dumps({"epoch": i + 1, "top1": t}) for i, t in enumerate(top1s)))
+    (d / "args.json").write_text(json.dumps({"img_size": 64, "data": "fashion-mnist"}))
+    if finished:
+        (d / "metrics.json").write_text(json.dumps({"top1": top1s[-1]}))
+
+
+def test_summary_reports_finished_runs_per_seed_and_progress_of_the_rest(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"models": ["patnet_t0", "fasternet_t0"], "seeds": [0, 1, 2],
+                                                "epochs": 3, "train_args": ["--img-size", "64"]}))
+    _fake_run(out, "patnet_t0", 0, [80.0, 85.0, 90.0], True)
+    _fake_run(out, "patnet_t0", 1, [81.0, 86.0, 91.0], True)
+    _fake_run(out, "fasternet_t0", 0, [79.0, 84.0, 89.5], True)
+    _fake_run(out, "fasternet_t0", 1, [80.0, 85.0, 90.0], True)
+    _fake_run(out, "patnet_t0", 2, [82.0], False)
+    res = tmp_path / "res" / "s"
+    monkeypatch.setattr(sys, "argv", ["study.py", "summarize", "--out", str(out), "--results", str(res)])
+    study.main()
+    summary = json.loads(res.with_suffix(".json").read_text())
+    p = summary["models"]["patnet_t0"]
+    assert p["seeds"] == [0, 1] and p["top1"] == [90.0, 91.0] and p["img_size"] == 64 and p["epochs"] == 3
+    assert summary["paired"]["n"] == 2 and summary["paired"]["mean_diff"] == pytest.approx(0.75)
+    md = res.with_suffix(".md").read_text()
+    assert "patnet_t0 seed 2: 1/3 epochs" in md and "fasternet_t0 seed 2: 0/3 epochs" in md
+    assert "ahead on 2 of 2 paired seeds" in md and "--seeds 0,1,2 --epochs 3 -- --img-size 64" in md
+    assert res.with_suffix(".png").stat().st_size > 0
+
+
+def test_elpv_split_is_stratified_and_fixed():
+    rows = [(f"c{i:04d}.png", [0.0, 1 / 3, 2 / 3, 1.0][i % 4], "mono" if i % 3 else "poly") for i in range(400)]
+    split = elpv.make_split(rows)
+    assert split == elpv.make_split(rows)  # the same split every time
+    for level in range(4):
+        for kind in ("mono", "poly"):
+            names = [n for n, p, k in rows if round(p * 3) == level and k == kind]
+            n_val = sum(split[n] == "val" for n in names)
+            assert abs(n_val - 0.25 * len(names)) <= 1, (level, kind, n_val, len(names))
+    assert elpv.class_of(2 / 3, 2) == "defective" and elpv.class_of(1 / 3, 2) == "functional"
+    assert elpv.class_of(1 / 3, 4) == "p1of3"
