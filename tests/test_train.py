@@ -243,6 +243,33 @@ def test_loss_is_reduced_at_intervals_not_every_step(idx_data, tmp_path, monkeyp
     assert 0 < log[0]["train_loss"] < 5
 
 
+def test_val_split_holds_out_part_of_the_training_set(idx_data, tmp_path, monkeypatch):
+    from patnet.data import IdxDataset, holdout_indices
+
+    labels = [i % 3 for i in range(96)]
+    train_idx, held = holdout_indices(labels, 0.25)
+    assert holdout_indices(labels, 0.25) == (train_idx, held)  # fixed, whatever the run's seed
+    assert not set(train_idx) & set(held) and len(train_idx) + len(held) == 96
+    assert [sum(labels[i] == c for i in held) for c in range(3)] == [8, 8, 8]  # stratified
+    with pytest.raises(ValueError, match="--val-split must be a fraction"):
+        holdout_indices(labels, 1.0)
+
+    # The test split is never read: every image the run evaluates comes from the training files.
+    read = []
+    real_getitem = IdxDataset.__getitem__
+
+    def spy(self, i):
+        read.append((self.images.shape[0], i))
+        return real_getitem(self, i)
+
+    monkeypatch.setattr(IdxDataset, "__getitem__", spy)
+    train(_cfg(idx_data, tmp_path / "run", epochs=1, val_split=0.25))
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["val_images"] == 24
+    assert {n for n, _ in read} == {96}  # only the 96-image training file, never the 48-image test file
+    assert main(["train", "--data", str(idx_data), "--val-split", "0", "--output", str(tmp_path / "o")]) == 2
+
+
 def test_yaml_config_sets_defaults(idx_data, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data: {idx_data}\nepochs: 1\nbatch-size: 16\nimg_size: 32\nworkers: 0\nmixup: 0\ncutmix: 0\n")

@@ -248,6 +248,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data", default=d.data, help="fashion-mnist, mnist, an IDX folder or a train/ + val/ tree")
     g.add_argument("--img-size", type=int, default=d.img_size, help="train and eval size (default %(default)s)")
     g.add_argument("--img-size-schedule", help="EPOCH:SIZE,... e.g. 0:192,280:224 (train size per epoch)")
+    g.add_argument("--val-split", type=float, metavar="FRACTION",
+                   help="validate on this fraction of the training set (stratified, the same for every seed) "
+                        "instead of the val/test split: tune a recipe without touching the test set")
     g.add_argument("--strict-data", action="store_true", help="stop on an unreadable image instead of skipping it")
     g.add_argument("--workers", type=int, default=d.workers, help="data loading processes")
     g = p.add_argument_group("schedule")

@@ -30,6 +30,7 @@ class TrainConfig:
     batch_size: int = 128  # per process
     img_size: int = 64
     img_size_schedule: Optional[str] = None  # "EPOCH:SIZE,..." e.g. "0:192,280:224"
+    val_split: Optional[float] = None  # hold out this fraction of the training set for validation (tuning)
     lr: Optional[float] = None
     weight_decay: Optional[float] = None
     warmup_epochs: Optional[float] = None

@@ -176,6 +176,60 @@ class ImageFolderDataset(Dataset):
         return (self.transform(img) if self.transform else img), label
 
 
+class SplitView(Dataset):
+    """Some indices of a dataset with a transform of its own: a held-out validation split of a training set.
+
+    ``base`` is built without a transform and returns PIL images (or ``None`` for an unreadable file); the view's
+    ``transform`` is applied on top, so a training view and a validation view can share one base.
+    """
+
+    def __init__(self, base: Dataset, indices: Sequence[int], transform: Optional[Callable] = None) -> None:
+        self.base, self.indices, self.transform = base, list(indices), transform
+        self.num_classes = getattr(base, "num_classes", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Optional[Tuple[Any, int]]:
+        item = self.base[self.indices[i]]
+        if item is None:
+            return None
+        img, label = item
+        return (self.transform(img) if self.transform else img), label
+
+
+def dataset_labels(ds: Dataset) -> List[int]:
+    """Every sample's label without reading an image (IDX and image-folder datasets)."""
+    if isinstance(ds, IdxDataset):
+        return [int(x) for x in ds.labels]
+    if isinstance(ds, ImageFolderDataset):
+        return [label for _, label in ds.samples]
+    raise TypeError(f"cannot list the labels of a {type(ds).__name__}")
+
+
+def holdout_indices(labels: Sequence[int], fraction: float, seed: int = 0) -> Tuple[List[int], List[int]]:
+    """(train, held-out) indices: ``fraction`` of every class held out, drawn with ``seed`` (the same split for every
+    run whatever its own seed, so a recipe is compared on one validation set)."""
+    import random
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"--val-split must be a fraction between 0 and 1, got {fraction}")
+    by_class: Dict[int, List[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(i)
+    rng = random.Random(seed)
+    train, held = [], []
+    for label in sorted(by_class):
+        idx = by_class[label]
+        rng.shuffle(idx)
+        n = round(len(idx) * fraction)
+        held += idx[:n]
+        train += idx[n:]
+    if not held or not train:
+        raise ValueError(f"--val-split {fraction} of {len(labels)} images leaves an empty training or validation set")
+    return sorted(train), sorted(held)
+
+
 def collate_skip_bad(batch: List[Optional[Tuple[torch.Tensor, int]]]) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """Stack the readable samples; also return how many were skipped."""
     good = [b for b in batch if b is not None]

@@ -25,8 +25,10 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from .data import build_dataset, build_transform, collate_skip_bad, resolve_dataset
 from .config import RECIPE_NAMES, TrainConfig  # noqa: F401  (also this module's public names)
+from .data import (
+    SplitView, build_dataset, build_transform, collate_skip_bad, dataset_labels, holdout_indices, resolve_dataset,
+)
 from .engine import (  # noqa: F401  (init_distributed ... load_checkpoint: also this module's public names)
     LossMeter, NonFiniteError, RunFolder, _Dist, all_sum, epoch_seed, init_distributed, load_checkpoint, load_resume,
     seed_everything,
@@ -242,6 +244,8 @@ def _check_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and not 0 <= v <= (1 if name != "mixup" and name != "cutmix" else 10):
             raise ValueError(f"--{name.replace('_', '-')} out of range: {v}")
+    if cfg.val_split is not None and not 0 < cfg.val_split < 1:
+        raise ValueError(f"--val-split must be a fraction between 0 and 1, got {cfg.val_split}")
     if cfg.img_size < 32:
         raise ValueError(f"--img-size must be at least 32, got {cfg.img_size}")
     if cfg.auto_augment not in (None, "none"):
@@ -358,8 +362,14 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
 
     train_ds = build_dataset(info, "train", None, cfg.strict_data)
     norm = _norm_of(model)  # the model's own mean / std / interpolation (ImageNet's for PATNet and FasterNet)
-    val_ds = build_dataset(info, "val", build_transform(cfg.img_size, False, crop_pct=cfg.crop_pct, **norm),
-                           cfg.strict_data)
+    eval_transform = build_transform(cfg.img_size, False, crop_pct=cfg.crop_pct, **norm)
+    if cfg.val_split:  # tune on a held-out part of the training set; the val / test split is never read
+        train_idx, held_idx = holdout_indices(dataset_labels(train_ds), cfg.val_split)
+        train_ds, val_ds = SplitView(train_ds, train_idx), SplitView(train_ds, held_idx, eval_transform)
+        _log.info("--val-split %g: validating on %d held-out training images (same split for every seed); "
+                  "training on %d; the test split is not used", cfg.val_split, len(val_ds), len(train_ds))
+    else:
+        val_ds = build_dataset(info, "val", eval_transform, cfg.strict_data)
     if len(train_ds) < cfg.batch_size * d.world:
         raise ValueError(f"{len(train_ds)} training images cannot fill one batch of {cfg.batch_size} x {d.world}")
 
