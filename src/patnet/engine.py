@@ -158,6 +158,11 @@ def all_sum(values: Sequence[float], d: _Dist) -> List[float]:
     return t.tolist()
 
 
+# Steps between loss reductions (a device sync and, distributed, a collective): both trainers' progress-bar loss and
+# non-finite check run at this interval and at the end of each epoch.
+LOSS_CHECK_EVERY = 20
+
+
 class LossMeter:
     """The running mean of a training loss over one epoch, summed on the device.
 
@@ -166,7 +171,7 @@ class LossMeter:
     ``NonFiniteError`` naming the epoch, the step and the last good checkpoint in ``out``.
     """
 
-    def __init__(self, d: "_Dist", out: Path, epoch: int, every: int = 20) -> None:
+    def __init__(self, d: "_Dist", out: Path, epoch: int, every: int = LOSS_CHECK_EVERY) -> None:
         self.d, self.out, self.epoch, self.every = d, Path(out), epoch, every
         self.total = torch.zeros((), dtype=torch.float64, device=d.device)
         self.count = 0  # samples (or steps) weighted into ``total``

@@ -60,9 +60,6 @@ SHORT_SCALE, SHORT_CROP_PCT = (0.7, 1.0), 1.0
 
 # Training cannot go on (diverged loss, non-finite weights); the message says where and which checkpoint is good.
 TrainingError = NonFiniteError
-# Steps between loss reductions (a device sync and, distributed, a collective): the progress bar's loss and the
-# non-finite check run at this interval and at the end of each epoch.
-LOSS_CHECK_EVERY = 20
 
 
 def recipe_for(model_name: str, recipe: str = "paper") -> Dict[str, Any]:
@@ -267,14 +264,14 @@ def train_one_epoch(
 
     ``net`` runs the steps (``model`` itself, or its DDP / compiled wrapper); ``model`` holds the weights that are
     clipped and tracked by ``ema``. ``scheduler`` is timm's, stepped per update. The loss is summed on the device
-    and reduced every ``LOSS_CHECK_EVERY`` steps and at the end (``engine.LossMeter``), where NaN / inf stops the
-    run before anything of the epoch is written.
+    and reduced every ``engine.LOSS_CHECK_EVERY`` steps and at the end (``engine.LossMeter``), where NaN / inf
+    stops the run before anything of the epoch is written.
     """
     from timm.utils import dispatch_clip_grad
     from tqdm.auto import tqdm
 
     net.train()
-    meter = LossMeter(d, out, epoch, every=LOSS_CHECK_EVERY)
+    meter = LossMeter(d, out, epoch)
     seen, skipped, t0 = 0, 0, time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and d.main),
                leave=False)
