@@ -73,3 +73,38 @@ def test_elpv_split_is_stratified_and_fixed():
             assert abs(n_val - 0.25 * len(names)) <= 1, (level, kind, n_val, len(names))
     assert elpv.class_of(2 / 3, 2) == "defective" and elpv.class_of(1 / 3, 2) == "functional"
     assert elpv.class_of(1 / 3, 4) == "p1of3"
+
+
+tune = _load("tune")
+
+
+def test_tuning_chooses_by_the_mean_over_both_models_and_ignores_unfinished_candidates():
+    scores = {"base": {"patnet_t0": 90.0, "fasternet_t0": 89.0},
+              "lr4e-3": {"patnet_t0": 91.0, "fasternet_t0": 87.0},  # best for PATNet alone, worse on the mean
+              "wd0.01": {"patnet_t0": 95.0}}  # unfinished: FasterNet has no score
+    assert tune.choose(scores) == ("base", pytest.approx(89.5))
+    with pytest.raises(ValueError, match="no candidate"):
+        tune.choose({"wd0.01": {"patnet_t0": 95.0}})
+
+
+def test_tuning_always_holds_out_a_validation_split_and_summarises_the_choice(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(tune.study, "run", lambda ns, train_args: calls.append((ns, train_args)))
+    out = tmp_path / "tune"
+    monkeypatch.setattr(sys, "argv", ["tune.py", "run", "--out", str(out), "--epochs", "2", "--", "--img-size", "64"])
+    tune.main()
+    assert [ns.out.name for ns, _ in calls] == list(tune.CANDIDATES)
+    for (ns, train_args), flags in zip(calls, tune.CANDIDATES.values()):
+        assert train_args == ["--img-size", "64", "--val-split", str(tune.VAL_SPLIT), *flags]
+        assert ns.models == tune.MODELS and ns.seeds == [0] and ns.epochs == 2
+    for name, (p, f) in {"base": (90.0, 89.0), "lr4e-3": (90.5, 89.2), "lr1e-3": (88.0, 87.0)}.items():
+        for model, top1 in (("patnet_t0", p), ("fasternet_t0", f)):
+            _fake_run(out / name, model, 0, [top1], True)
+    res = tmp_path / "res" / "t"
+    monkeypatch.setattr(sys, "argv", ["tune.py", "summarize", "--out", str(out), "--results", str(res)])
+    tune.main()
+    summary = json.loads(res.with_suffix(".json").read_text())
+    assert summary["chosen"] == "lr4e-3" and summary["chosen_flags"] == ["--lr", "0.004"]
+    md = res.with_suffix(".md").read_text()
+    assert "| lr4e-3 (chosen) |" in md and "not run" in md  # wd0.01 has no runs
+    assert "--epochs 2 --seed 0 -- --img-size 64`" in md
