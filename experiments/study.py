@@ -37,7 +37,7 @@ def run(args: argparse.Namespace, train_args: List[str]) -> None:
     pending = [(m, s) for m, s in jobs if not (_run_dir(args.out, m, s) / "metrics.json").exists()]
     cores = list(range(min(args.parallel, os.cpu_count() or 1)))
     load = os.getloadavg()[0]
-    if load > 0.5:  # the study's own throughput is no claim, but say that something else is on the cores
+    if getattr(args, "check_load", True) and load > 0.5:  # the study's own throughput is no claim, but say that something else is on the cores
         print(f"study: load average {load:.1f} before starting: another job shares the cores; its runs will be "
               "slower, and nothing should be timed until the study stops", file=sys.stderr)
     running: Dict[int, subprocess.Popen] = {}

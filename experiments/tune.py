@@ -49,10 +49,11 @@ def run(args: argparse.Namespace, train_args: List[str]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tune.json").write_text(json.dumps({"train_args": train_args, "epochs": args.epochs,
                                                     "seed": args.seed}, indent=2))
-    for name, flags in CANDIDATES.items():
+    for i, (name, flags) in enumerate(CANDIDATES.items()):
         print(f"tune: candidate {name} ({' '.join(flags) or 'the recipe as is'})", flush=True)
+        # the load check is for other jobs; after the first candidate the load is this tuning's own runs
         study.run(argparse.Namespace(out=args.out / name, models=MODELS, seeds=[args.seed], epochs=args.epochs,
-                                     parallel=args.parallel),
+                                     parallel=args.parallel, check_load=i == 0),
                   [*train_args, "--val-split", str(VAL_SPLIT), *flags])
 
 
