@@ -13,6 +13,10 @@ Summarise whatever has finished (and how far the others are):
 Runs go two at a time, each pinned to its own core with one thread, so a study never shares a core with itself;
 never time anything else while it runs (its images/s are not speed figures). Everything after ``--`` is passed to
 ``patnet train`` unchanged, so the recipe is exactly one command line for every run.
+
+On a GPU machine add ``--gpu``: runs go one at a time on the GPU, unpinned, loading data in ``--workers``
+processes. A run killed by a time limit resumes from its last finished epoch on the next call, so a study can be
+driven by commands of a few minutes each.
 """
 import argparse
 import json
@@ -29,38 +33,50 @@ def _run_dir(out: Path, model: str, seed: int) -> Path:
     return out / f"{model}_s{seed}"
 
 
+def _command(args: argparse.Namespace, slot: int, model: str, seed: int, train_args: List[str]) -> List[str]:
+    """The ``patnet train`` line of one run: on CPU pinned to core ``slot`` with the data loaded in-process (one
+    thread per run, so two runs never share a core); with ``--gpu`` unpinned, data in ``--workers`` processes."""
+    d = _run_dir(args.out, model, seed)
+    gpu = getattr(args, "gpu", False)
+    prefix = [] if gpu else ["taskset", "-c", str(slot)]
+    common = ["patnet", "train", "--workers", str(args.workers if gpu else 0), "--no-progress"]
+    if (d / "last.pth").exists():  # a resumed run takes its arguments from the checkpoint
+        return [*prefix, *common, "--resume", str(d / "last.pth")]
+    return [*prefix, *common, "--model", model, "--seed", str(seed), "--epochs", str(args.epochs), "--output", str(d),
+            *train_args]
+
+
 def run(args: argparse.Namespace, train_args: List[str]) -> None:
     jobs = [(m, s) for s in args.seeds for m in args.models]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "study.json").write_text(json.dumps({"models": args.models, "seeds": args.seeds, "epochs": args.epochs,
                                                      "train_args": train_args}, indent=2))
     pending = [(m, s) for m, s in jobs if not (_run_dir(args.out, m, s) / "metrics.json").exists()]
-    cores = list(range(min(args.parallel, os.cpu_count() or 1)))
+    gpu = getattr(args, "gpu", False)
+    slots = [0] if gpu else list(range(min(args.parallel, os.cpu_count() or 1)))  # one GPU run at a time
+    where = "on the GPU" if gpu else "on core {}"
     load = os.getloadavg()[0]
-    if getattr(args, "check_load", True) and load > 0.5:  # the study's own throughput is no claim, but say that something else is on the cores
+    # the study's own throughput is no claim, but say that something else is on the cores
+    if not gpu and getattr(args, "check_load", True) and load > 0.5:
         print(f"study: load average {load:.1f} before starting: another job shares the cores; its runs will be "
               "slower, and nothing should be timed until the study stops", file=sys.stderr)
+    env = os.environ if gpu else {**os.environ, "OMP_NUM_THREADS": "1"}
     running: Dict[int, subprocess.Popen] = {}
     while pending or running:
-        for core in cores:
-            proc = running.get(core)
+        for slot in slots:
+            proc = running.get(slot)
             if proc is not None and proc.poll() is not None:
                 if proc.returncode:
-                    print(f"study: a run on core {core} failed (exit {proc.returncode}); see its log", file=sys.stderr)
-                del running[core]
-            if core not in running and pending:
+                    print(f"study: a run {where.format(slot)} failed (exit {proc.returncode}); see its log",
+                          file=sys.stderr)
+                del running[slot]
+            if slot not in running and pending:
                 model, seed = pending.pop(0)
-                d = _run_dir(args.out, model, seed)
-                resume = ["--resume", str(d / "last.pth")] if (d / "last.pth").exists() else []
-                cmd = ["taskset", "-c", str(core), "patnet", "train", "--model", model, "--seed", str(seed),
-                       "--epochs", str(args.epochs), "--output", str(d), "--workers", "0", "--no-progress",
-                       *train_args, *resume]
-                if resume:  # a resumed run takes its arguments from the checkpoint
-                    cmd = ["taskset", "-c", str(core), "patnet", "train", "--workers", "0", "--no-progress", *resume]
-                print(("resuming " if resume else "starting ") + f"{model} seed {seed} on core {core}", flush=True)
+                cmd = _command(args, slot, model, seed, train_args)
+                print(("resuming " if "--resume" in cmd else "starting ") + f"{model} seed {seed} {where.format(slot)}",
+                      flush=True)
                 log = open(args.out / f"{model}_s{seed}.log", "a")
-                running[core] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
+                running[slot] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         if running:
             next(iter(running.values())).wait(timeout=None) if len(running) == 1 else _wait_any(running)
 
@@ -173,6 +189,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--parallel", type=int, default=2, help="runs at once, one core each")
+    ap.add_argument("--gpu", action="store_true", help="one run at a time on the GPU, data in --workers processes")
+    ap.add_argument("--workers", type=int, default=8, help="data-loading processes per run with --gpu")
     ap.add_argument("--results", type=Path, default=Path("docs/results/study"))
     args = ap.parse_args(argv)
     run(args, train_args) if args.action == "run" else summarize(args)

@@ -108,3 +108,40 @@ def test_tuning_always_holds_out_a_validation_split_and_summarises_the_choice(tm
     md = res.with_suffix(".md").read_text()
     assert "| lr4e-3 (chosen) |" in md and "not run" in md  # wd0.01 has no runs
     assert "--epochs 2 --seed 0 -- --img-size 64`" in md
+
+
+def test_study_runs_pin_one_core_each_on_cpu_and_go_one_at_a_time_on_a_gpu(tmp_path, monkeypatch):
+    import argparse
+
+    started, live = [], []
+
+    class FakeRun:  # a run that finishes when the runner waits for it; records how many ran at once
+        def __init__(self, cmd, **kw):
+            started.append((cmd, len(live) + 1, kw["env"].get("OMP_NUM_THREADS")))
+            live.append(self)
+            self.returncode = None
+
+        def poll(self):
+            return self.returncode
+
+        def wait(self, timeout=None):
+            self.returncode = 0
+            live.remove(self)
+
+    monkeypatch.setattr(study.subprocess, "Popen", FakeRun)
+    monkeypatch.setattr(study, "_wait_any", lambda running: next(iter(running.values())).wait())
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    ns = dict(models=["patnet_t0", "fasternet_t0"], seeds=[0], epochs=3, parallel=2, workers=6)
+    study.run(argparse.Namespace(out=tmp_path / "cpu", gpu=False, **ns), ["--img-size", "64"])
+    assert [c[:3] for c, _, _ in started] == [["taskset", "-c", "0"], ["taskset", "-c", "1"]]
+    assert max(n for _, n, _ in started) == 2 and {t for _, _, t in started} == {"1"}
+    assert all(c[c.index("--workers") + 1] == "0" and c[-2:] == ["--img-size", "64"] for c, _, _ in started)
+    started.clear()
+    study.run(argparse.Namespace(out=tmp_path / "gpu", gpu=True, **ns), ["--img-size", "64"])
+    assert len(started) == 2 and max(n for _, n, _ in started) == 1  # never two runs on the GPU at once
+    assert all(c[:2] == ["patnet", "train"] and c[c.index("--workers") + 1] == "6" and t is None
+               for c, _, t in started)
+    (tmp_path / "gpu" / "patnet_t0_s0").mkdir()
+    (tmp_path / "gpu" / "patnet_t0_s0" / "last.pth").write_bytes(b"")
+    cmd = study._command(argparse.Namespace(out=tmp_path / "gpu", gpu=True, **ns), 0, "patnet_t0", 0, ["--x"])
+    assert cmd[-2:] == ["--resume", str(tmp_path / "gpu" / "patnet_t0_s0" / "last.pth")] and "--x" not in cmd
