@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 
 def _run_dir(out: Path, model: str, seed: int) -> Path:
@@ -178,20 +178,26 @@ def summarize(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
-def main() -> None:
+def command_line(doc: str, results: str) -> Tuple[argparse.ArgumentParser, List[str], List[str]]:
+    """The parser shared by the experiment runners (action, --out, --parallel, --results), this runner's own
+    arguments, and everything after ``--`` (passed to ``patnet train`` unchanged)."""
     argv = sys.argv[1:]
-    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    split = argv.index("--") if "--" in argv else len(argv)
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("action", choices=["run", "summarize"])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--parallel", type=int, default=2, help="runs at once, one core each")
+    ap.add_argument("--results", type=Path, default=Path(results))
+    return ap, argv[:split], argv[split + 1:]
+
+
+def main() -> None:
+    ap, argv, train_args = command_line(__doc__, "docs/results/study")
     ap.add_argument("--models", type=lambda s: s.split(","), default=["patnet_t0", "fasternet_t0"])
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--parallel", type=int, default=2, help="runs at once, one core each")
     ap.add_argument("--gpu", action="store_true", help="one run at a time on the GPU, data in --workers processes")
     ap.add_argument("--workers", type=int, default=8, help="data-loading processes per run with --gpu")
-    ap.add_argument("--results", type=Path, default=Path("docs/results/study"))
     args = ap.parse_args(argv)
     run(args, train_args) if args.action == "run" else summarize(args)
 

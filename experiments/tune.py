@@ -92,16 +92,9 @@ def summarize(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("action", choices=["run", "summarize"])
-    ap.add_argument("--out", type=Path, required=True)
+    ap, argv, train_args = study.command_line(__doc__, "docs/results/tune")
     ap.add_argument("--epochs", type=int, default=10, help="proxy budget per candidate run")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--parallel", type=int, default=2, help="runs at once, one core each")
-    ap.add_argument("--results", type=Path, default=Path("docs/results/tune"))
     args = ap.parse_args(argv)
     run(args, train_args) if args.action == "run" else summarize(args)
 
