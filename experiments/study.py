@@ -89,7 +89,8 @@ def _wait_any(running: Dict[int, subprocess.Popen]) -> None:
 
 
 def paired_verdict(a: List[float], b: List[float]) -> Dict[str, float]:
-    """Paired by seed: mean difference a - b, its standard deviation, the paired t statistic and two-sided p."""
+    """Paired by seed: mean difference a - b, its standard deviation, the paired t statistic and two-sided p, and
+    the seed-to-seed spread (the larger of the two models' standard deviations over seeds)."""
     diffs = [x - y for x, y in zip(a, b)]
     n = len(diffs)
     mean = statistics.mean(diffs)
@@ -101,7 +102,8 @@ def paired_verdict(a: List[float], b: List[float]) -> Dict[str, float]:
         p = float(2 * stats.t.sf(abs(t), n - 1)) if math.isfinite(t) else float("nan")
     except ImportError:
         p = float("nan")
-    return {"n": n, "mean_diff": mean, "sd_diff": sd, "t": t, "p": p}
+    spread = max(statistics.stdev(a), statistics.stdev(b)) if n > 1 else float("nan")
+    return {"n": n, "mean_diff": mean, "sd_diff": sd, "t": t, "p": p, "spread": spread}
 
 
 def summarize(args: argparse.Namespace) -> None:
@@ -145,11 +147,13 @@ def summarize(args: argparse.Namespace) -> None:
             lines += ["", f"{a} ahead on {wins} of {len(common)} paired seeds."]
             v = paired_verdict([rows[a][s] for s in common], [rows[b][s] for s in common])
             summary["paired"] = v
-            sig = v["p"] < 0.05
-            lines += ["", f"Paired by seed ({v['n']} seeds): {a} - {b} = {v['mean_diff']:+.2f} points, seed-to-seed "
-                      f"sd of the difference {v['sd_diff']:.2f}, t = {v['t']:.2f}, two-sided p = {v['p']:.3f}: "
-                      + ("the difference exceeds the seed-to-seed spread (p < 0.05)." if sig else
-                         "within the seed-to-seed spread (not significant at p < 0.05).")
+            exceeds = abs(v["mean_diff"]) > v["spread"]
+            lines += ["", f"Paired by seed ({v['n']} seeds): {a} - {b} = {v['mean_diff']:+.2f} points; the larger "
+                      f"per-model seed-to-seed sd is {v['spread']:.2f}, so the difference "
+                      + ("exceeds" if exceeds else "does not exceed") + " the seed-to-seed spread. "
+                      f"Paired t-test: sd of the difference {v['sd_diff']:.2f}, t = {v['t']:.2f}, two-sided "
+                      f"p = {v['p']:.3f}: " + ("significant at p < 0.05." if v["p"] < 0.05 else
+                                               "not significant at p < 0.05.")
                       + (" Only 2 paired seeds (1 degree of freedom): indicative, not a test with power."
                          if v["n"] == 2 else "")]
     seeds = ",".join(str(x) for x in study["seeds"])

@@ -28,6 +28,7 @@ def test_paired_verdict_matches_scipy_ttest_rel():
     assert v["n"] == 3
     assert v["mean_diff"] == pytest.approx(sum(a) / 3 - sum(b) / 3)
     assert v["t"] == pytest.approx(ref.statistic) and v["p"] == pytest.approx(ref.pvalue)
+    assert v["spread"] == pytest.approx(0.4041, abs=1e-4)  # sd of a (the larger): sqrt(0.49/3)
 
 
 def _fake_run(root: Path, model: str, seed: int, top1s, finished: bool) -> None:
@@ -58,6 +59,7 @@ def test_summary_reports_finished_runs_per_seed_and_progress_of_the_rest(tmp_pat
     assert summary["paired"]["n"] == 2 and summary["paired"]["mean_diff"] == pytest.approx(0.75)
     md = res.with_suffix(".md").read_text()
     assert "patnet_t0 seed 2: 1/3 epochs" in md and "fasternet_t0 seed 2: 0/3 epochs" in md
+    assert "exceeds the seed-to-seed spread" in md and "not significant at p < 0.05" in md  # 0.75 > 0.71, p 0.2
     assert "ahead on 2 of 2 paired seeds" in md and "--seeds 0,1,2 --epochs 3 -- --img-size 64" in md
     assert res.with_suffix(".png").stat().st_size > 0
 
