@@ -130,9 +130,8 @@ def summarize(args: argparse.Namespace) -> None:
     summary = {"models": {}, "study": study, "environment": environment()}
     for model, by_seed in rows.items():
         vals = [by_seed[s] for s in sorted(by_seed)]
-        sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-        lines.append(f"| {model} | {len(vals)} | {statistics.mean(vals):.2f} | "
-                     f"{f'{sd:.2f}' if len(vals) > 1 else '- (one seed)'} | "
+        sd = f"{statistics.stdev(vals):.2f}" if len(vals) > 1 else "- (one seed)"
+        lines.append(f"| {model} | {len(vals)} | {statistics.mean(vals):.2f} | {sd} | "
                      f"{', '.join(f'{v:.2f}' for v in vals)} |")
         args_file = next((_run_dir(args.out, model, s) / "args.json" for s in sorted(by_seed)), None)
         run_args = json.loads(args_file.read_text()) if args_file is not None and args_file.exists() else {}

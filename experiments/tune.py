@@ -18,7 +18,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study  # noqa: E402  (the runner next to this file)
@@ -35,14 +35,19 @@ MODELS = ["patnet_t0", "fasternet_t0"]
 VAL_SPLIT = 0.1
 
 
+def _mean(score: Dict[str, float]) -> Optional[float]:
+    """A candidate's mean hold-out top-1 over the models; None until every model has a score."""
+    return statistics.mean(score[m] for m in MODELS) if all(m in score for m in MODELS) else None
+
+
 def choose(scores: Dict[str, Dict[str, float]]) -> Tuple[str, float]:
     """The candidate with the highest mean hold-out top-1 over the models (first in order on a tie), and its mean.
     Only candidates with a score for every model count."""
-    complete = {name: s for name, s in scores.items() if all(m in s for m in MODELS)}
-    if not complete:
+    means = {name: m for name, m in ((name, _mean(s)) for name, s in scores.items()) if m is not None}
+    if not means:
         raise ValueError("no candidate has finished for every model yet")
-    best = max(complete, key=lambda name: statistics.mean(complete[name][m] for m in MODELS))
-    return best, statistics.mean(complete[best][m] for m in MODELS)
+    best = max(means, key=means.__getitem__)
+    return best, means[best]
 
 
 def run(args: argparse.Namespace, train_args: List[str]) -> None:
@@ -75,9 +80,9 @@ def summarize(args: argparse.Namespace) -> None:
     for name, flags in CANDIDATES.items():
         s = scores.get(name, {})
         cells = [f"{s[m]:.2f}" if m in s else "not run" for m in MODELS]
-        mean = f"{statistics.mean(s[m] for m in MODELS):.2f}" if all(m in s for m in MODELS) else "-"
+        mean = _mean(s)
         lines.append(f"| {name}{' (chosen)' if name == best else ''} | `{' '.join(flags) or '(none)'}` | "
-                     + " | ".join(cells) + f" | {mean} |")
+                     + " | ".join(cells) + f" | {'-' if mean is None else f'{mean:.2f}'} |")
     env = environment()
     lines += ["", f"Chosen: **{best}** (mean {best_mean:.2f}), frozen for every model and seed of the study.",
               "", f"Command: `python experiments/tune.py run --out {args.out} --epochs {epochs} --seed {seed} -- "
