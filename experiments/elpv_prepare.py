@@ -15,12 +15,12 @@ Classes (``--classes``): 2 by default, as the dataset's papers (Deitsch et al., 
 """
 import argparse
 import csv
-import random
 import shutil
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+from patnet.data import holdout_indices
 
 SPLIT_FILE = Path(__file__).with_name("elpv_split.csv")
 VAL_FRACTION = 0.25
@@ -42,19 +42,11 @@ def read_labels() -> Tuple[Path, List[Tuple[str, float, str]]]:
 
 
 def make_split(rows: List[Tuple[str, float, str]], seed: int = 0) -> Dict[str, str]:
-    """Stratified by (probability level, cell type): VAL_FRACTION of each stratum goes to val."""
-    strata: Dict[Tuple[int, str], List[str]] = defaultdict(list)
-    for name, prob, kind in rows:
-        strata[(round(prob * 3), kind)].append(name)
-    rng = random.Random(seed)
-    split = {}
-    for key in sorted(strata):
-        names = sorted(strata[key])
-        rng.shuffle(names)
-        n_val = round(len(names) * VAL_FRACTION)
-        split.update({n: "val" for n in names[:n_val]})
-        split.update({n: "train" for n in names[n_val:]})
-    return split
+    """Stratified by (probability level, cell type): VAL_FRACTION of each stratum goes to val (rows taken in file-name
+    order, so the draw does not depend on the order of labels.csv)."""
+    rows = sorted(rows)
+    train, val = holdout_indices([(round(prob * 3), kind) for _, prob, kind in rows], VAL_FRACTION, seed)
+    return {rows[i][0]: part for part, indices in (("train", train), ("val", val)) for i in indices}
 
 
 def class_of(prob: float, classes: int) -> str:

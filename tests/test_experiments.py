@@ -68,6 +68,8 @@ def test_elpv_split_is_stratified_and_fixed():
     rows = [(f"c{i:04d}.png", [0.0, 1 / 3, 2 / 3, 1.0][i % 4], "mono" if i % 3 else "poly") for i in range(400)]
     split = elpv.make_split(rows)
     assert split == elpv.make_split(rows)  # the same split every time
+    assert split == elpv.make_split(rows[::-1])  # whatever the order of labels.csv
+    assert split != elpv.make_split(rows, seed=1)
     for level in range(4):
         for kind in ("mono", "poly"):
             names = [n for n, p, k in rows if round(p * 3) == level and k == kind]

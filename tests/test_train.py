@@ -253,6 +253,9 @@ def test_val_split_holds_out_part_of_the_training_set(idx_data, tmp_path, monkey
     assert [sum(labels[i] == c for i in held) for c in range(3)] == [8, 8, 8]  # stratified
     with pytest.raises(ValueError, match="--val-split must be a fraction"):
         holdout_indices(labels, 1.0)
+    pairs = [(i % 2, "ab"[i % 3 == 0]) for i in range(96)]  # any sortable strata, e.g. (level, kind)
+    _, held_pairs = holdout_indices(pairs, 0.25)
+    assert sorted(sum(pairs[i] == key for i in held_pairs) for key in set(pairs)) == [4, 4, 8, 8]
 
     # The test split is never read: every image the run evaluates comes from the training files.
     read = []

@@ -17,7 +17,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -207,20 +207,24 @@ def dataset_labels(ds: Dataset) -> List[int]:
     raise TypeError(f"cannot list the labels of a {type(ds).__name__}")
 
 
-def holdout_indices(labels: Sequence[int], fraction: float, seed: int = 0) -> Tuple[List[int], List[int]]:
-    """(train, held-out) indices: ``fraction`` of every class held out, drawn with ``seed`` (the same split for every
-    run whatever its own seed, so a recipe is compared on one validation set)."""
+def holdout_indices(labels: Sequence[Hashable], fraction: float, seed: int = 0) -> Tuple[List[int], List[int]]:
+    """(train, held-out) indices: ``fraction`` of every stratum held out, drawn with ``seed`` (the same split for every
+    run whatever its own seed, so a recipe is compared on one validation set).
+
+    ``labels`` are the strata: class indices, or any sortable keys such as ``(level, kind)`` tuples. Within a stratum
+    the indices are shuffled in their given order, so the draw depends only on the order of the samples and ``seed``.
+    """
     import random
 
     if not 0 < fraction < 1:
         raise ValueError(f"--val-split must be a fraction between 0 and 1, got {fraction}")
-    by_class: Dict[int, List[int]] = {}
+    by_stratum: Dict[Hashable, List[int]] = {}
     for i, label in enumerate(labels):
-        by_class.setdefault(int(label), []).append(i)
+        by_stratum.setdefault(label, []).append(i)
     rng = random.Random(seed)
     train, held = [], []
-    for label in sorted(by_class):
-        idx = by_class[label]
+    for key in sorted(by_stratum):  # type: ignore[type-var]  # keys are sortable by contract
+        idx = by_stratum[key]
         rng.shuffle(idx)
         n = round(len(idx) * fraction)
         held += idx[:n]
