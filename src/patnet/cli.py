@@ -256,7 +256,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default %(default)s)")
-    g.add_argument("--lr", type=float, help="peak lr (default scales with the global batch: paper recipe 1e-3 per 1024, short recipe 2e-3 per 128)")
+    g.add_argument("--lr", type=float,
+                   help="peak lr (default scales with the global batch: paper recipe 1e-3 per 1024, short 2e-3 per 128)")
     g.add_argument("--warmup-epochs", type=float, help="default 20/300 of --epochs")
     g.add_argument("--min-lr", type=float)
     g.add_argument("--max-train-batches", type=int, help="cap the batches of each epoch")
