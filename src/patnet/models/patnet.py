@@ -748,6 +748,29 @@ class PatAttnBlockStatic(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Candidate single inference form, measured against the two above (experiments/forms_compare.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+def channel_mean_std_4d(x: torch.Tensor, min_var: float = STD_MIN_VAR) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``channel_mean_std`` as (B, C, 1, 1) tensors, reduced over dims (2, 3) with no reshape of the map."""
+    n = x.shape[2] * x.shape[3]
+    mean = x.mean((2, 3), keepdim=True)
+    centred = x - mean
+    var = (centred * centred).sum((2, 3), keepdim=True) / max(n - 1, 1)
+    return mean, var.clamp_min(min_var).sqrt()
+
+
+class CandidatePatBlock(PatBlockStatic):
+    """The static form with 4-D statistics (no flatten of the map)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
+        mean, std = channel_mean_std_4d(x2)
+        gate = F.hardsigmoid(self.gate(torch.cat([mean, std], dim=1)))  # (B, C2, 1, 1)
+        return self.mlp(x, torch.cat([self.conv(x1), x2 * gate], dim=1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------
 
