@@ -44,7 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             fp32, int8 = Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}.int8.onnx"
-            export_model(timm.create_model(name), fp32, "onnx", (224, 224), form="static")
+            export_model(timm.create_model(name), fp32, "onnx", (224, 224))
             quantize_onnx(fp32, int8, calib)
             for label, path in (("ort_fp32", fp32), ("ort_int8", int8)):
                 s = ort_session(path, args.threads)

@@ -45,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             fp32, int8 = Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}.int8.onnx"
-            export_model(timm.create_model(name), fp32, "onnx", (224, 224), form="static")
+            export_model(timm.create_model(name), fp32, "onnx", (224, 224))
             quantize_onnx(fp32, int8, generated_calibration(224))
             tables[name] = profile(int8, args.runs)
     ops = sorted({o for t in tables.values() for o in t}, key=lambda o: -max(t.get(o, 0) for t in tables.values()))

@@ -10,7 +10,7 @@ from timm.utils import reparameterize_model
 import patnet
 from patnet.cli import main
 from patnet.export import ExportError, deploy_form, export_model
-from patnet.model import PatAttnBlockDeploy, PatBlockDeploy
+from patnet.model import FusedPatAttnBlock, FusedPatBlock
 
 from conftest import PARITY_FILES, load_parity
 
@@ -50,7 +50,7 @@ def test_fused_official_model_reproduces_authors_logits(name):
 def test_fusion_equivalence_every_variant(name, size):
     model = _randomise_bn(timm.create_model(name, num_classes=10)).eval()
     fused = reparameterize_model(model)
-    blocks = [m for m in fused.modules() if isinstance(m, (PatBlockDeploy, PatAttnBlockDeploy))]
+    blocks = [m for m in fused.modules() if isinstance(m, (FusedPatBlock, FusedPatAttnBlock))]
     assert len(blocks) == sum(model.arch_args["depths"])
     assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)) for m in fused.modules())
     x = torch.randn(2, 3, *size)
@@ -61,19 +61,38 @@ def test_fusion_equivalence_every_variant(name, size):
 
 @pytest.mark.parametrize("name", ["patnet_t0", "patnet_t1"])
 def test_deployed_parameter_count_is_the_folded_count(name):
-    from patnet.export import static_form
     from patnet.flops import count_params
 
     model = timm.create_model(name).eval()
     norms = sum(p.numel() for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm))
                 for p in m.parameters())
     trained = count_params(model)
-    for form in (deploy_form(model), static_form(model)):
-        deployed = count_params(form)
-        # Folding removes the norms' affines (and, with PAT_sp, merges its 1x1 conv into fc2's rows: T1 loses 2.6%)
-        # and adds one gate row per PAT_sp MLP; weights held outside .parameters() would lose ~40%.
-        assert trained - norms - 0.03 * trained <= deployed <= trained, (deployed, trained)
-        assert not any(p.requires_grad for n, p in form.named_parameters() if n.endswith(("w1", "w2", "qkv_w")))
+    form = deploy_form(model)
+    deployed = count_params(form)
+    # Folding removes the norms' affines (and, with PAT_sp, merges its 1x1 conv into fc2's rows: T1 loses 2.6%)
+    # and adds one gate row per PAT_sp MLP; weights held outside .parameters() would lose ~40%.
+    assert trained - norms - 0.03 * trained <= deployed <= trained, (deployed, trained)
+    folded = [p for n, p in form.named_parameters() if n.endswith(("fc1.weight", "fc2.weight", "gate.weight", "qkv.weight"))]
+    assert len(folded) >= 3 * sum(model.arch_args["depths"]) and not any(p.requires_grad for p in folded)
+
+
+def test_inference_form_graph_is_weight_stationary_and_4d(tmp_path):
+    """Every Conv of the exported form has a constant weight; the only MatMuls are attention's two activation
+    products; PAT_ch's statistics reduce over H, W without reshaping the map (what OpenVINO reorders for)."""
+    model = _randomise_bn(timm.create_model("patnet_t1", num_classes=4))
+    out = tmp_path / "s.onnx"
+    export_model(model, out, img_size=(64, 64))
+    graph = onnx.load(str(out)).graph
+    constants = {i.name for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    depths = model.arch_args["depths"]
+    assert len(convs) >= 3 * sum(depths)
+    assert all(n.input[1] in constants for n in convs)
+    assert sum(n.op_type == "MatMul" for n in graph.node) == 2 * depths[-1]
+    # Reshapes only in stage 4 (attention: tokens and heads) and the head's flatten, none in stages 1-3.
+    reshapes = [n.name for n in graph.node if n.op_type in ("Reshape", "Flatten") and "stages.3" not in n.name]
+    assert len(reshapes) <= 1, reshapes
+    assert model.training  # export_model left the caller's model as it was
 
 
 def test_fusion_leaves_original_untouched():

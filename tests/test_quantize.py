@@ -1,4 +1,4 @@
-"""int8: the static form equals the training form; quantize + validate --onnx end to end; bad calibration input."""
+"""int8: quantize + validate --onnx end to end; bad calibration input."""
 import json
 
 import numpy as np
@@ -9,42 +9,10 @@ import torch
 
 import patnet
 from patnet.cli import main
-from patnet.export import static_form
-from patnet.model import PatAttnBlockStatic, PatBlockStatic
 from patnet.quantize import QuantizeError, quantize_model
 
 from conftest import make_idx_dataset, make_image_folder
 from test_deploy import REL_TOL, _randomise_bn, _rel_err
-
-
-@pytest.mark.parametrize("name", list(patnet.VARIANTS))
-def test_static_form_equals_training_form(name):
-    model = _randomise_bn(timm.create_model(name, num_classes=10)).eval()
-    static = static_form(model)
-    blocks = [m for m in static.modules() if isinstance(m, (PatBlockStatic, PatAttnBlockStatic))]
-    assert len(blocks) == sum(model.arch_args["depths"])
-    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)) for m in static.modules())
-    for size in [(64, 64), (96, 128)]:
-        x = torch.randn(2, 3, *size)
-        with torch.no_grad():
-            assert _rel_err(static(x), model(x)) < REL_TOL, size
-
-
-def test_static_form_graph_is_weight_stationary(tmp_path):
-    """Every Conv in the exported static form has a constant weight; no batched matmul over expanded weights."""
-    from patnet.export import export_model
-
-    model = _randomise_bn(timm.create_model("patnet_t1", num_classes=4))
-    out = tmp_path / "s.onnx"
-    export_model(model, out, img_size=(64, 64), form="static")
-    graph = onnx.load(str(out)).graph
-    constants = {i.name for i in graph.initializer}
-    convs = [n for n in graph.node if n.op_type == "Conv"]
-    assert len(convs) >= 3 * sum(model.arch_args["depths"])
-    assert all(n.input[1] in constants for n in convs)
-    # The only MatMuls left are attention's two activation products per stage-4 block.
-    assert sum(n.op_type == "MatMul" for n in graph.node) == 2 * model.arch_args["depths"][-1]
-    assert model.training  # export_model left the caller's model as it was
 
 
 @pytest.fixture(scope="module")

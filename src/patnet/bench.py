@@ -48,10 +48,10 @@ class BenchRow:
     cpu_p90_ms: Dict[str, float] = field(default_factory=dict)
     achieved_gflops_per_s: Dict[str, float] = field(default_factory=dict)  # 2 * MACs / median latency
     train_form_ms: Dict[str, float] = field(default_factory=dict)  # PATNet only: unfused eval model
-    ort_ms: Dict[str, float] = field(default_factory=dict)  # ONNX Runtime fp32, static form
-    ort_int8_ms: Dict[str, float] = field(default_factory=dict)  # ONNX Runtime int8 (QDQ), static form
+    ort_ms: Dict[str, float] = field(default_factory=dict)  # ONNX Runtime fp32, inference form
+    ort_int8_ms: Dict[str, float] = field(default_factory=dict)  # ONNX Runtime int8 (QDQ), inference form
     compiled_ms: Dict[str, float] = field(default_factory=dict)  # torch.compile (inductor, freezing)
-    ov_ms: Dict[str, float] = field(default_factory=dict)  # OpenVINO fp32, static form
+    ov_ms: Dict[str, float] = field(default_factory=dict)  # OpenVINO fp32, inference form
     ov_int8_ms: Dict[str, float] = field(default_factory=dict)  # OpenVINO int8 (NNCF post-training quantization)
     compile_s: Optional[float] = None  # compilation time, first call included
     int8_quantized_nodes: Optional[int] = None
@@ -133,12 +133,12 @@ def _time_interleaved(
 
 def _export_for_ort(model: nn.Module, img_size: int, tmpdir: Path, name: str, int8: bool,
                     calib: Optional[List[np.ndarray]]) -> Dict[str, Path]:
-    """The static form as fp32 ONNX (verified against PyTorch) and, with ``int8``, its QDQ quantization."""
+    """The inference form as fp32 ONNX (verified against PyTorch) and, with ``int8``, its QDQ quantization."""
     from .export import export_model
     from .quantize import quantize_onnx
 
     paths = {"fp32": tmpdir / f"{name}.onnx"}
-    export_model(model, paths["fp32"], "onnx", (img_size, img_size), form="static")
+    export_model(model, paths["fp32"], "onnx", (img_size, img_size))
     if int8:
         paths["int8"] = tmpdir / f"{name}.int8.onnx"
         quantize_onnx(paths["fp32"], paths["int8"], calib or [])
@@ -212,7 +212,7 @@ def run_benchmark(
     """Benchmark registered timm model names (PATNet's after ``import patnet``); see the module docstring.
 
     ``runtimes``: PyTorch eager is always timed; add 'compile' (``export.compiled_form``), 'onnxruntime' (fp32) and
-    'onnxruntime-int8' (fp32 and int8 QDQ of the same static form, calibrated on ``calib`` data's training images,
+    'onnxruntime-int8' (fp32 and int8 QDQ of the same inference form, calibrated on ``calib`` data's training images,
     else on generated images: speed only). Every runtime of every model is timed interleaved, per thread count.
     The caller's thread count is restored.
 
@@ -353,7 +353,7 @@ def run_benchmark(
         "environment": environment(),
         "settings": dict(img_size=img_size, threads=list(threads), warmup=warmup, iters=iters,
                          runtimes=list(runtimes), batch=1, dtype="float32",
-                         form="deployment (BatchNorm folded); ONNX Runtime: static form",
+                         form="inference form (BatchNorm folded; timm.utils.reparameterize_model)",
                          int8_calibration=calib or ("generated images (speed only)" if int8 else None)),
         "matmul_peak_gflops": peaks,
         "rows": [asdict(r) for r in rows.values()],

@@ -144,7 +144,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=200, help="timed forwards per model and thread count")
     p.add_argument("--runtime", default="eager",
                    help="comma-separated runtimes besides PyTorch eager: compile, onnxruntime (fp32), "
-                        "onnxruntime-int8 (fp32 and int8 of the static form)")
+                        "onnxruntime-int8 (fp32 and int8 of the inference form)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd deployment forms")
     p.add_argument("--calib", help="int8 calibration data (as patnet train --data); default generated images")
     p.add_argument("--suite", choices=["peers"], help="peers: PATNet T0..S against timm's efficient backbones "
@@ -177,7 +177,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     from .config import CALIBRATION_METHODS, DEFAULT_MAX_DROP
 
     p = sub.add_parser("quantize", help="int8 ONNX (QDQ) of any model, calibrated and verified on real images",
-                       description="Export the model's static form, calibrate on --calib images (train split), "
+                       description="Export the model's inference form, calibrate on --calib images (train split), "
                                    "quantize with ONNX Runtime (per-channel int8 weights, uint8 activations) and "
                                    "verify on held-out val images; beyond --max-drop nothing is written.")
     p.add_argument("model", help="registered model name, e.g. patnet_t0 or fasternet_t0")

@@ -22,7 +22,7 @@ import torch.nn as nn
 from .errors import PatnetError
 from .io import atomic_path, check_writable
 
-__all__ = ["deploy_form", "static_form", "compiled_form", "CompiledModel", "export_model", "ort_session", "ExportReport", "ExportError", "ONNX_OPSET"]
+__all__ = ["deploy_form", "compiled_form", "CompiledModel", "export_model", "ort_session", "ExportReport", "ExportError", "ONNX_OPSET"]
 
 from .config import DEFAULT_TOLERANCE, ONNX_OPSET  # noqa: F401
 
@@ -54,31 +54,6 @@ def deploy_form(model: nn.Module) -> nn.Module:
         except Exception as e:  # a model FX cannot trace keeps its BatchNorms, and says so
             _log.warning("could not fold BatchNorm with torch.fx (%s: %s); timing unfolded", type(e).__name__, e)
     return fused.eval()
-
-
-def static_form(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` in the form made for int8 quantization (and plain ONNX export).
-
-    PATNet's blocks become ``PatBlockStatic`` / ``PatAttnBlockStatic``: every 1x1 and 3x3 convolution is a
-    static-weight Conv with BatchNorm folded, the channel and spatial gates multiply the feature map. Other timm
-    models get ``deploy_form`` unchanged (for FasterNet that is already all static Convs), so a comparison quantizes
-    every model the same way. ``model`` is not modified.
-    """
-    import copy
-
-    from .models.patnet import PatAttnBlock, PatAttnBlockStatic, PatBlock, PatBlockStatic
-
-    was_training = model.training
-    static = copy.deepcopy(model).eval()
-    model.train(was_training)
-    with torch.no_grad():
-        for parent in list(static.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, PatBlock):
-                    setattr(parent, name, PatBlockStatic(child))
-                elif isinstance(child, PatAttnBlock):
-                    setattr(parent, name, PatAttnBlockStatic(child))
-    return deploy_form(static)
 
 
 # Compiled and eager results may differ by float reassociation (inductor fuses and reorders reductions); this
@@ -153,7 +128,7 @@ def export_onnx_file(model: nn.Module, example: torch.Tensor, path: Path, dynami
 
     Not ``timm.utils.onnx.onnx_export``: it checks with ``onnx.checker`` and an optional single comparison, writes
     the file in place, and picks the exporter from the torch version; here the file goes through ``atomic_path``,
-    the TorchScript exporter is pinned (the static form's Convs quantize cleanly from it), and ``export_model``
+    the TorchScript exporter is pinned (the inference form's Convs quantize cleanly from it), and ``export_model``
     verifies every batch size the file claims to accept before it exists under its name.
     """
     _require("onnx")
@@ -210,7 +185,6 @@ def export_model(
         dynamic_batch: bool = False,
         opset: int = ONNX_OPSET,
         tolerance: float = DEFAULT_TOLERANCE,
-        form: Optional[str] = None,
         progress: bool = False,
 ) -> ExportReport:
     """Export ``model``'s deployment form to ONNX or TorchScript and verify it against PyTorch.
@@ -223,9 +197,6 @@ def export_model(
         dynamic_batch: Make the batch axis symbolic (verified at batch 1 and 8).
         opset: ONNX opset.
         tolerance: Largest allowed |export - pytorch| as a fraction of the largest |logit|.
-        form: 'deploy' (``deploy_form``, the fastest in PyTorch) or 'static' (``static_form``: static-weight Convs,
-            the form for int8 and 10-15% faster than 'deploy' in ONNX Runtime fp32). Default: 'static' for ONNX,
-            'deploy' for TorchScript.
         progress: Show a progress bar over the steps (folding, export, one verification per batch size).
 
     Raises:
@@ -236,9 +207,6 @@ def export_model(
         raise ValueError(f"unknown export format {fmt!r}; use 'onnx' or 'torchscript'")
     if fmt == "onnx":
         _require("onnxruntime")
-    form = form or ("static" if fmt == "onnx" else "deploy")
-    if form not in ("deploy", "static"):
-        raise ValueError(f"unknown form {form!r}; use 'deploy' or 'static'")
     if len(img_size) != 2 or min(img_size) < 1:
         raise ValueError(f"image size must be two positive numbers (H W), got {list(img_size)}")
     if fmt == "onnx" and not 14 <= opset <= MAX_OPSET:
@@ -248,9 +216,9 @@ def export_model(
 
     batches: List[int] = [1, 8] if dynamic_batch else [1]
     bar = tqdm(total=2 + len(batches), desc=f"export {fmt}", disable=not progress, leave=False)
-    bar.set_postfix_str(f"{form} form")
+    bar.set_postfix_str("folding")
     was_training = model.training
-    deploy = deploy_form(model) if form == "deploy" else static_form(model)
+    deploy = deploy_form(model)
     reference = model.eval()
     in_chans = getattr(model, "in_chans", 3)
     example = torch.randn(1, in_chans, *img_size)

@@ -1,6 +1,6 @@
 """int8 deployment: static QDQ quantization with ONNX Runtime, calibrated and verified on real images.
 
-``quantize_model`` exports a model's static form (``patnet.export.static_form``: every convolution a
+``quantize_model`` exports a model's inference form (``patnet.export.deploy_form``: every convolution a
 static-weight Conv, gates as elementwise multiplies, BatchNorm folded), calibrates activation ranges on images of
 a dataset through the model's eval transform, and writes a QDQ int8 ONNX file with ONNX Runtime's quantization
 tools: per-channel int8 weights, uint8 activations. Quantized are the weight-bearing operators (Conv, Gemm, and
@@ -272,7 +272,7 @@ def quantize_model(
 
     with tempfile.TemporaryDirectory(prefix="patnet-quant-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        report32 = export_model(model, fp32, "onnx", pre.img_size, dynamic_batch=True, form="static")
+        report32 = export_model(model, fp32, "onnx", pre.img_size, dynamic_batch=True)
         with atomic_path(out) as tmp_out:
             n_quant, n_fp32 = quantize_onnx(fp32, tmp_out, [x for x, _ in calib], method)
             write_preprocess(tmp_out, pre)

@@ -54,11 +54,8 @@ __all__ = [
     "PatAttnBlock",
     "PatStage",
     "FusedMlp",
-    "PatBlockDeploy",
-    "PatAttnBlockDeploy",
-    "StaticMlp",
-    "PatBlockStatic",
-    "PatAttnBlockStatic",
+    "FusedPatBlock",
+    "FusedPatAttnBlock",
     "PATNet",
     "VARIANTS",
     "checkpoint_filter_fn",
@@ -101,18 +98,18 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int) -> torch.Te
 
 @torch.fx.wrap
 def channel_mean_std(x: torch.Tensor, min_var: float = STD_MIN_VAR) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample, per-channel mean and unbiased (N - 1) standard deviation over the spatial dimensions.
+    """Per-sample, per-channel mean and unbiased (N - 1) standard deviation over H and W, each (B, C, 1, 1).
 
     The standard deviation is ``sqrt(max(var, STD_MIN_VAR))``. For any real spread this is the plain unbiased
     value (the authors' ``torch.std``); for a constant channel, and for a 1x1 map whose unbiased spread is 0 / 0
     (taken as 0), it is 1e-6 with a zero gradient, where ``torch.std`` gives NaN gradients (and a NaN value on 1x1).
     """
     n = x.shape[2] * x.shape[3]
-    flat = x.flatten(2)
-    mean = flat.mean(-1)
-    # Exact two-pass form; on CPU it is ~10x faster than torch.var_mean, whose kernel is slow for these shapes.
-    centred = flat - mean.unsqueeze(-1)
-    var = (centred * centred).sum(-1) / max(n - 1, 1)
+    # Exact two-pass form, reduced over dims (2, 3) without flattening: on CPU it is ~10x faster than
+    # torch.var_mean for these shapes, and a flatten would make OpenVINO reorder the map out of its blocked layout.
+    mean = x.mean((2, 3), keepdim=True)
+    centred = x - mean
+    var = (centred * centred).sum((2, 3), keepdim=True) / max(n - 1, 1)
     return mean, var.clamp_min(min_var).sqrt()
 
 
@@ -291,7 +288,7 @@ class PartialChannelAttention(nn.Module):
     def gate(self, x2: torch.Tensor) -> torch.Tensor:
         """Channel gate (B, C2, 1, 1) in [0, 1] from the statistics of ``x2``."""
         mean, std = channel_mean_std(x2)
-        stats = torch.stack([mean, std], dim=-1).unsqueeze(2)  # (B, C2, 1, 2)
+        stats = torch.cat([mean, std], dim=-1)  # (B, C2, 1, 2)
         return F.hardsigmoid(self.gate_bn(self.gate_conv(stats)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -458,8 +455,8 @@ class PatBlock(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> nn.Module:
-        """The inference form (``PatBlockDeploy``): same eval outputs, BatchNorm folded away."""
-        return PatBlockDeploy(self)
+        """The inference form (``FusedPatBlock``): same eval outputs, BatchNorm folded away."""
+        return FusedPatBlock(self)
 
 
 class PatAttnBlock(nn.Module):
@@ -488,8 +485,8 @@ class PatAttnBlock(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> nn.Module:
-        """The inference form (``PatAttnBlockDeploy``): same eval outputs, BatchNorm folded away."""
-        return PatAttnBlockDeploy(self)
+        """The inference form (``FusedPatAttnBlock``): same eval outputs, norms folded away."""
+        return FusedPatAttnBlock(self)
 
 
 class PatStage(nn.Module):
@@ -509,32 +506,47 @@ class PatStage(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Deployment form (``fuse()``): BatchNorm folded, 1x1 convs as batched GEMMs, residual adds fused into them
+# The inference form (``fuse()``): every BatchNorm folded into a static-weight convolution
+#
+# One form serves PyTorch eager, ONNX Runtime, OpenVINO and their int8 quantizers. It was chosen by measurement
+# (``experiments/forms_compare.py``, ``docs/results/forms/``): static 1x1 Convs are as fast in eager as batched
+# GEMMs over per-sample scaled weights, 10-15% faster in ONNX Runtime, and the only form an int8 quantizer can
+# make weight-stationary. Everything stays 4-D NCHW (statistics are reductions over dims 2 and 3), because a
+# reshape of a feature map makes OpenVINO reorder it out of its blocked layout.
 # ---------------------------------------------------------------------------------------------------------------
 
-def _register_frozen(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    """A folded weight of an inference form: a parameter (so parameter counts and ``.parameters()`` see it) that
-    needs no gradient."""
-    module.register_parameter(name, nn.Parameter(value.detach().clone(), requires_grad=False))
+def _frozen(value: torch.Tensor) -> nn.Parameter:
+    """A folded weight: a parameter (so parameter counts and ``.parameters()`` see it) that needs no gradient."""
+    return nn.Parameter(value.detach().clone(), requires_grad=False)
 
 
-def _conv1x1_matrix(conv: nn.Conv2d) -> torch.Tensor:
+def _conv1x1(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
+    """A frozen 1x1 ``nn.Conv2d`` from an (out, in) matrix and an optional (out,) bias."""
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=bias is not None,
+                     device=weight.device, dtype=weight.dtype)
+    conv.weight = _frozen(weight[:, :, None, None])
+    if bias is not None:
+        conv.bias = _frozen(bias)
+    return conv
+
+
+def _matrix(conv: nn.Conv2d) -> torch.Tensor:
+    """The (out, in) matrix of a 1x1 convolution."""
     return conv.weight.detach()[:, :, 0, 0]
 
 
 class FusedMlp(nn.Module):
-    """Inference form of ``x + PatMlp(y)`` with every BatchNorm folded.
+    """Inference form of ``x + PatMlp(y)``: two static 1x1 Convs with every BatchNorm folded.
 
-    ``fc1`` absorbs the MLP's BN and an optional per-channel affine on the MLP input (PAT_ch's post-gate BN);
-    ``col_scale`` multiplies fc1's input columns per sample, so PAT_ch's channel gate scales a (hidden x C)
-    weight instead of the whole feature map. ``fc2`` is a GEMM with the residual fused in (``baddbmm``). With PAT_sp,
-    its conv half (BN included) is folded into fc2's rows, its gate logit becomes one extra fc2 row, and its
-    post-gate BN scales the gated rows, so PAT_sp costs one output row and one multiply.
+    ``fc1`` absorbs the MLP's BatchNorm and, through ``in_affine``, a per-channel affine on the last input channels
+    (PAT_ch's post-gate BatchNorm). With PAT_sp, its BN + 1x1 conv half is folded into ``fc2``'s rows, its gate
+    logit becomes one extra ``fc2`` row, and its post-gate BatchNorm scales the gated rows (its shift follows the
+    gate), so PAT_sp costs one output row and one multiply.
     """
 
     def __init__(self, mlp: PatMlp, in_affine: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> None:
         super().__init__()
-        w1 = _conv1x1_matrix(mlp.fc1).clone()  # (hidden, C)
+        w1 = _matrix(mlp.fc1).clone()  # (hidden, C)
         b1 = torch.zeros(w1.shape[0], dtype=w1.dtype, device=w1.device)
         if in_affine is not None:  # y[:, off:] = y_raw[:, off:] * s + t  ->  fold into fc1's columns
             s, t = in_affine
@@ -542,136 +554,26 @@ class FusedMlp(nn.Module):
             b1 = b1 + w1[:, off:] @ t
             w1[:, off:] = w1[:, off:] * s
         s_n, t_n = _bn_affine(mlp.norm)
-        _register_frozen(self, "w1", w1 * s_n[:, None])
-        _register_frozen(self, "b1", (b1 * s_n + t_n)[:, None])
+        self.fc1 = _conv1x1(w1 * s_n[:, None], b1 * s_n + t_n)
         self.act = mlp.act
 
-        w2 = _conv1x1_matrix(mlp.fc2)  # (C, hidden)
+        w2 = _matrix(mlp.fc2)  # (C, hidden)
         self.dim = w2.shape[0]
         sp = mlp.spatial
         if isinstance(sp, PartialSpatialAttention):
             self.dim_attn = sp.dim_attn
             s_c, t_c = _bn_affine(sp.attn_norm)  # BN after the gate
             s_d, t_d = _bn_affine(sp.conv_norm)  # BN before the 1x1 conv
-            wc = _conv1x1_matrix(sp.conv)
+            wc = _matrix(sp.conv)
             w_a, w_b = w2[: self.dim_attn], w2[self.dim_attn:]
-            gate_row = _conv1x1_matrix(sp.attn_conv) @ w_a  # (1, hidden): the gate logit straight from h
-            rows = [w_a * s_c[:, None], (wc * s_d[None, :]) @ w_b, gate_row]
-            shift = torch.cat([t_c, wc @ t_d])
+            gate_row = _matrix(sp.attn_conv) @ w_a  # (1, hidden): the gate logit straight from the hidden layer
+            rows = torch.cat([w_a * s_c[:, None], (wc * s_d[None, :]) @ w_b, gate_row], 0)
+            self.fc2 = _conv1x1(rows, torch.cat([torch.zeros_like(t_c), wc @ t_d, t_c.new_zeros(1)]))
+            self.shift = _frozen(t_c.reshape(1, -1, 1, 1))
         else:
             self.dim_attn = 0
-            rows = [w2]
-            shift = torch.zeros(0, dtype=w2.dtype, device=w2.device)
-        _register_frozen(self, "w2", torch.cat(rows, 0))
-        _register_frozen(self, "shift", shift[None, :, None])  # (1, C, 1) when PAT_sp is on, else empty
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, col_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``x`` residual and ``y`` MLP input, both (B, C, N); ``col_scale`` (B, C) or None. Returns (B, C, N)."""
-        B = y.shape[0]
-        w1 = self.w1.expand(B, -1, -1) if col_scale is None else self.w1 * col_scale[:, None, :]
-        h = self.act(torch.baddbmm(self.b1, w1, y))  # (B, hidden, N)
-        if self.dim_attn == 0:
-            return torch.baddbmm(x, self.w2.expand(B, -1, -1), h)
-        z = torch.bmm(self.w2.expand(B, -1, -1), h)  # (B, C + 1, N): gated rows, conv rows, gate logit
-        za, zb, logit = torch.split(z, [self.dim_attn, self.dim - self.dim_attn, 1], dim=1)
-        return x + torch.cat([za * F.hardsigmoid(logit), zb], dim=1) + self.shift
-
-
-class PatBlockDeploy(nn.Module):
-    """Inference form of ``PatBlock`` (made by ``PatBlock.fuse()``); same outputs, no BatchNorm."""
-
-    def __init__(self, block: PatBlock) -> None:
-        super().__init__()
-        mixer = block.mixer
-        self.dim_conv, self.dim_untouched = mixer.dim_conv, mixer.dim_untouched
-        self.conv = mixer.conv
-        # The (1, 2) conv over [mean, std] is a linear map of the concatenated statistics; fold its BN in.
-        w = mixer.gate_conv.weight.detach()[:, :, 0, :]  # (C2, C2, 2)
-        s_g, t_g = _bn_affine(mixer.gate_bn)
-        _register_frozen(self, "gate_w", torch.cat([w[..., 0], w[..., 1]], dim=1) * s_g[:, None])
-        _register_frozen(self, "gate_b", t_g)
-        self.register_buffer("ones", torch.ones(1, self.dim_conv, dtype=w.dtype, device=w.device))
-        self.mlp = FusedMlp(block.mlp, in_affine=_bn_affine(mixer.norm))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        x1, x2 = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
-        mean, std = channel_mean_std(x2)
-        gate = F.hardsigmoid(F.linear(torch.cat([mean, std], dim=1), self.gate_w, self.gate_b))  # (B, C2)
-        y = torch.cat([self.conv(x1), x2], dim=1).flatten(2)
-        col_scale = torch.cat([self.ones.expand(B, -1), gate], dim=1)
-        return self.mlp(x.flatten(2), y, col_scale).view(B, C, H, W)
-
-
-class PatAttnBlockDeploy(nn.Module):
-    """Inference form of ``PatAttnBlock`` (made by ``PatAttnBlock.fuse()``); same outputs, no BatchNorm.
-
-    The LayerNorm's affine is folded into ``qkv`` and attention always runs through
-    ``F.scaled_dot_product_attention`` with the relative-position bias as the additive mask.
-    """
-
-    def __init__(self, block: PatAttnBlock) -> None:
-        super().__init__()
-        m = block.mixer
-        self.dim_conv, self.dim_untouched = m.dim_conv, m.dim_untouched
-        self.num_heads, self.head_dim = m.num_heads, m.head_dim
-        self.eps = m.norm.eps
-        self.conv = m.conv
-        w = m.qkv.weight.detach()
-        _register_frozen(self, "qkv_w", w * m.norm.weight.detach()[None, :])
-        _register_frozen(self, "qkv_b", w @ m.norm.bias.detach())
-        self.rel_pos = m.rel_pos
-        self.proj = m.proj
-        self.mlp = FusedMlp(block.mlp)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        N = H * W
-        x1, x2 = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
-        tokens = F.layer_norm(x2.flatten(2).transpose(1, 2), [self.dim_untouched], eps=self.eps)  # (B, N, C2)
-        qkv = F.linear(tokens, self.qkv_w, self.qkv_b).reshape(B, N, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.rel_pos(H, W).to(q.dtype))
-        y2 = self.proj(out.transpose(1, 2).reshape(B, N, self.dim_untouched)).transpose(1, 2)  # (B, C2, N)
-        x = x.flatten(2) + torch.cat([self.conv(x1).flatten(2), y2], dim=1)
-        return self.mlp(x, x).view(B, C, H, W)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Static form (``static_form()``): the same algebra as the deployment form, but every 1x1 / 3x3 convolution is a
-# static-weight Conv and every gate multiplies the feature map, so an int8 quantizer sees weight-stationary Convs.
-# ---------------------------------------------------------------------------------------------------------------
-
-def _conv1x1(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
-    """A frozen 1x1 ``nn.Conv2d`` from a (out, in) matrix and an optional (out,) bias."""
-    conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=bias is not None,
-                     device=weight.device, dtype=weight.dtype)
-    conv.weight = nn.Parameter(weight.detach().clone()[:, :, None, None], requires_grad=False)
-    if bias is not None:
-        conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
-    return conv
-
-
-class StaticMlp(nn.Module):
-    """``x + PatMlp(y)`` as two static 1x1 Convs (from ``FusedMlp``'s folded weights) and, with PAT_sp, one gate.
-
-    PAT_sp's conv-half shift goes into ``fc2``'s bias; the shift of the gated half follows the gate (``shift``).
-    """
-
-    def __init__(self, fused: FusedMlp) -> None:
-        super().__init__()
-        self.dim, self.dim_attn = fused.dim, fused.dim_attn
-        self.fc1 = _conv1x1(fused.w1, fused.b1[:, 0])
-        self.act = fused.act
-        shift = fused.shift.reshape(-1)
-        if self.dim_attn:
-            bias = torch.cat([torch.zeros_like(shift[: self.dim_attn]), shift[self.dim_attn:],
-                              shift.new_zeros(1)])
-            self.fc2 = _conv1x1(fused.w2, bias)
-            _register_frozen(self, "shift", shift[: self.dim_attn].reshape(1, -1, 1, 1).clone())
-        else:
-            self.fc2 = _conv1x1(fused.w2, None)
-            _register_frozen(self, "shift", shift.new_zeros(0))
+            self.fc2 = _conv1x1(w2, None)
+            self.shift = _frozen(w2.new_zeros(0))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``x`` residual and ``y`` MLP input, both (B, C, H, W)."""
@@ -682,13 +584,12 @@ class StaticMlp(nn.Module):
         return x + torch.cat([za * F.hardsigmoid(logit) + self.shift, zb], dim=1)
 
 
-class PatBlockStatic(nn.Module):
-    """Static form of ``PatBlock`` for int8 quantization and export (made by ``patnet.export.static_form``).
+class FusedPatBlock(nn.Module):
+    """Inference form of ``PatBlock`` (made by ``PatBlock.fuse()``): the same eval outputs, no BatchNorm.
 
-    Same outputs as the block in eval mode. PAT_ch's gate (a 1x1 conv on the per-channel statistics, with the
-    gate's BatchNorm folded in) multiplies the untouched channels; its post-gate BatchNorm and the MLP's BatchNorm
-    are folded into ``fc1``. Everything stays 4-D NCHW with reductions over (H, W), so a runtime that moves
-    quantized convolutions to NHWC can carry the layout through the gate without transposes.
+    PAT_ch's gate is a 1x1 conv (its BatchNorm folded in) on the (B, 2 * C2, 1, 1) map of per-channel mean and
+    standard deviation, and multiplies the untouched channels; the post-gate BatchNorm and the MLP's BatchNorm are
+    folded into ``mlp.fc1``.
     """
 
     def __init__(self, block: PatBlock) -> None:
@@ -696,27 +597,26 @@ class PatBlockStatic(nn.Module):
         mixer = block.mixer
         self.dim_conv, self.dim_untouched = mixer.dim_conv, mixer.dim_untouched
         self.conv = mixer.conv
+        # The (1, 2) conv over [mean, std] is a linear map of the concatenated statistics.
         w = mixer.gate_conv.weight.detach()[:, :, 0, :]  # (C2, C2, 2)
         s_g, t_g = _bn_affine(mixer.gate_bn)
         self.gate = _conv1x1(torch.cat([w[..., 0], w[..., 1]], dim=1) * s_g[:, None], t_g)
-        self.mlp = StaticMlp(FusedMlp(block.mlp, in_affine=_bn_affine(mixer.norm)))
+        self.mlp = FusedMlp(block.mlp, in_affine=_bn_affine(mixer.norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
-        # channel_mean_std's two-pass statistics, kept 4-D as global average pools: (B, C2, 1, 1) each.
-        mean, std = channel_mean_std(x2)
-        mean, std = mean[:, :, None, None], std[:, :, None, None]
+        mean, std = channel_mean_std(x2)  # (B, C2, 1, 1) each
         gate = F.hardsigmoid(self.gate(torch.cat([mean, std], dim=1)))  # (B, C2, 1, 1)
-        y = torch.cat([self.conv(x1), x2 * gate], dim=1)
-        return self.mlp(x, y)
+        return self.mlp(x, torch.cat([self.conv(x1), x2 * gate], dim=1))
 
 
-class PatAttnBlockStatic(nn.Module):
-    """Static form of ``PatAttnBlock`` for int8 quantization and export (made by ``patnet.export.static_form``).
+class FusedPatAttnBlock(nn.Module):
+    """Inference form of ``PatAttnBlock`` (made by ``PatAttnBlock.fuse()``): the same eval outputs, no norms.
 
-    ``qkv`` and ``proj`` are 1x1 Convs (LayerNorm affine and the attention scale folded into ``qkv``); the two
-    attention products and the softmax are the only activation-by-activation operations, written out so that an
-    exporter sees plain MatMul / Softmax nodes.
+    ``qkv`` and ``proj`` are 1x1 Convs, with the LayerNorm's affine and the attention scale folded into ``qkv``.
+    The two activation-by-activation products and the softmax are written out as plain MatMul / Softmax (an
+    int8 quantizer leaves them fp32; through ``F.scaled_dot_product_attention`` they would need two extra
+    transposes of q and v, which OpenVINO turns into layout reorders).
     """
 
     def __init__(self, block: PatAttnBlock) -> None:
@@ -728,11 +628,11 @@ class PatAttnBlockStatic(nn.Module):
         self.conv = m.conv
         w = m.qkv.weight.detach()
         scale = torch.ones(3 * self.dim_untouched, dtype=w.dtype, device=w.device)
-        scale[: self.dim_untouched] = m.scale  # fold q's 1/sqrt(head_dim) into its rows
+        scale[: self.dim_untouched] = m.scale  # q's 1/sqrt(head_dim)
         self.qkv = _conv1x1(w * m.norm.weight.detach()[None, :] * scale[:, None], (w @ m.norm.bias.detach()) * scale)
         self.rel_pos = m.rel_pos
-        self.proj = _conv1x1(m.proj.weight, m.proj.bias)
-        self.mlp = StaticMlp(FusedMlp(block.mlp))
+        self.proj = _conv1x1(m.proj.weight.detach(), m.proj.bias.detach())
+        self.mlp = FusedMlp(block.mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -745,29 +645,6 @@ class PatAttnBlockStatic(nn.Module):
         out = (v @ attn.transpose(-2, -1)).reshape(B, self.dim_untouched, H, W)
         x = x + torch.cat([self.conv(x1), self.proj(out)], dim=1)
         return self.mlp(x, x)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Candidate single inference form, measured against the two above (experiments/forms_compare.py)
-# ---------------------------------------------------------------------------------------------------------------
-
-def channel_mean_std_4d(x: torch.Tensor, min_var: float = STD_MIN_VAR) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``channel_mean_std`` as (B, C, 1, 1) tensors, reduced over dims (2, 3) with no reshape of the map."""
-    n = x.shape[2] * x.shape[3]
-    mean = x.mean((2, 3), keepdim=True)
-    centred = x - mean
-    var = (centred * centred).sum((2, 3), keepdim=True) / max(n - 1, 1)
-    return mean, var.clamp_min(min_var).sqrt()
-
-
-class CandidatePatBlock(PatBlockStatic):
-    """The static form with 4-D statistics (no flatten of the map)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
-        mean, std = channel_mean_std_4d(x2)
-        gate = F.hardsigmoid(self.gate(torch.cat([mean, std], dim=1)))  # (B, C2, 1, 1)
-        return self.mlp(x, torch.cat([self.conv(x1), x2 * gate], dim=1))
 
 
 # ---------------------------------------------------------------------------------------------------------------
