@@ -11,8 +11,6 @@ from patnet.model import (
     EuclideanRelPosBias,
     PartialChannelAttention,
     PartialSelfAttention,
-    BUCKET_INDEX_CACHE,
-    BucketIndexCache,
     channel_mean_std,
     euclidean_bucket_index,
 )
@@ -48,24 +46,18 @@ def test_far_distances_use_log_buckets():
     assert idx[0, 25 * 42 - 1].item() == _spec_bucket(24 ** 2 + 41 ** 2)
 
 
-def test_bias_is_cached_per_size():
+def test_bias_index_is_computed_once_per_size(monkeypatch):
+    from patnet.models import patnet as impl
+
+    calls = []
+    real = impl.euclidean_bucket_index
+    monkeypatch.setattr(impl, "euclidean_bucket_index", lambda *a, **k: calls.append(a[:2]) or real(*a, **k))
     rel = EuclideanRelPosBias(4)
-    BUCKET_INDEX_CACHE.cache_clear()
-    rel(5, 6)
-    rel(5, 6)
+    first = rel(5, 6)
+    torch.testing.assert_close(rel(5, 6), first)
     rel(6, 5)
-    assert BUCKET_INDEX_CACHE.misses == 2 and BUCKET_INDEX_CACHE.hits == 1
-
-
-def test_bucket_index_cache_is_bounded():
-    cache = BucketIndexCache(max_entries=3, max_bytes=1 << 20)
-    for side in (4, 5, 6, 7):
-        cache(side, side, 20.0, 40.0, 160.0, torch.device("cpu"))
-    assert len(cache) == 3  # the oldest size was evicted
-    cache(40, 40, 20.0, 40.0, 160.0, torch.device("cpu"))  # 1600 x 1600 int32 = 10 MB: over the byte bound, not kept
-    assert len(cache) == 3 and cache.nbytes() <= 1 << 20
-    big = cache(40, 40, 20.0, 40.0, 160.0, torch.device("cpu"))
-    assert torch.equal(big.long(), euclidean_bucket_index(40, 40))
+    assert calls == [(5, 6), (6, 5)]
+    torch.testing.assert_close(first, rel.bias_table[:, real(5, 6)])
 
 
 def test_mean_std_unbiased_and_one_pixel_defined():

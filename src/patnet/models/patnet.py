@@ -33,6 +33,7 @@ from timm.layers import (
     SelectAdaptivePool2d,
     calculate_drop_path_rates,
     get_act_layer,
+    get_device_dtype,
     register_notrace_function,
     trunc_normal_,
     use_fused_attn,
@@ -40,6 +41,7 @@ from timm.layers import (
 from timm.layers import Linear as ClassifierLinear
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices  # no public name in timm 1.0.x
+from torch.fx._symbolic_trace import is_fx_tracing  # no public name; torch.fx's own check
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = [
@@ -113,6 +115,7 @@ def channel_mean_std(x: torch.Tensor, min_var: float = STD_MIN_VAR) -> Tuple[tor
     return mean, var.clamp_min(min_var).sqrt()
 
 
+@torch.fx.wrap
 def euclidean_bucket_index(
         height: int,
         width: int,
@@ -137,63 +140,25 @@ def euclidean_bucket_index(
     return index.long() + int(beta)
 
 
-class BucketIndexCache:
-    """A bounded least-recently-used cache of bucket indices, keyed by map size, RPE constants and device.
-
-    Indices are stored as int32 (half of int64) and the cache holds at most ``max_entries`` sizes and ``max_bytes``
-    in all, so serving many large input sizes cannot grow memory without bound (a 2000 x 2000 image alone needs a
-    3844 x 3844 index, 59 MB). Not used while ``torch.compile`` traces: there the index is computed in the graph,
-    where it is a constant of the input size.
-    """
-
-    def __init__(self, max_entries: int = 8, max_bytes: int = 256 << 20) -> None:
-        from collections import OrderedDict
-
-        self.max_entries, self.max_bytes = max_entries, max_bytes
-        self._store: "OrderedDict[Tuple[Any, ...], torch.Tensor]" = OrderedDict()
-        self.hits = self.misses = 0
-
-    def __call__(self, height: int, width: int, alpha: float, beta: float, gamma: float,
-                 device: torch.device) -> torch.Tensor:
-        key = (height, width, alpha, beta, gamma, str(device))
-        index = self._store.get(key)
-        if index is not None:
-            self.hits += 1
-            self._store.move_to_end(key)
-            return index
-        self.misses += 1
-        index = euclidean_bucket_index(height, width, alpha, beta, gamma, device).to(torch.int32)
-        if index.numel() * index.element_size() <= self.max_bytes:
-            self._store[key] = index
-            while len(self._store) > self.max_entries or self.nbytes() > self.max_bytes:
-                self._store.popitem(last=False)
-        return index
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._store.values())
-
-    def cache_clear(self) -> None:
-        self._store.clear()
-        self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-
-BUCKET_INDEX_CACHE = BucketIndexCache()
-
-
 @torch.fx.wrap
-def cached_bucket_index(
-        height: int, width: int, alpha: float, beta: float, gamma: float, device: torch.device
-) -> torch.Tensor:
-    """``euclidean_bucket_index`` computed once per map size and device (``BUCKET_INDEX_CACHE``, bounded)."""
-    return BUCKET_INDEX_CACHE(height, width, alpha, beta, gamma, device)
+def check_gate_batch(stats: torch.Tensor) -> torch.Tensor:
+    """Return ``stats`` after checking that a training-mode channel gate sees at least two samples.
+
+    The gate's BatchNorm normalises one value per sample and channel (a 1x1 map), which cannot be done for a batch
+    of one; this says so in words instead of BatchNorm's "Expected more than 1 value per channel".
+    """
+    if stats.shape[0] < 2:
+        raise ValueError(
+            "PATNet cannot train on a batch of 1: the channel gate's BatchNorm needs at least 2 samples per batch; "
+            "use a batch of 2 or more, call model.eval(), or freeze BatchNorm (timm.layers.freeze_batch_norm_2d)"
+        )
+    return stats
 
 
 register_notrace_function(check_image_input)
 register_notrace_function(channel_mean_std)
-register_notrace_function(cached_bucket_index)
+register_notrace_function(euclidean_bucket_index)
+register_notrace_function(check_gate_batch)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,10 +197,12 @@ class ConvBn(nn.Module):
     ``fuse()`` folds the BatchNorm into the convolution in place (``bn`` becomes ``nn.Identity``).
     """
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int) -> None:
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, bias=False)
-        self.bn: nn.Module = nn.BatchNorm2d(out_chs)
+        dd = dict(device=device, dtype=dtype)
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, bias=False, **dd)
+        self.bn: nn.Module = nn.BatchNorm2d(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
@@ -255,8 +222,9 @@ class Stem(ConvBn):
     children directly, validate their input too.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, patch_size: int, min_input_size: int) -> None:
-        super().__init__(in_chs, out_chs, patch_size, patch_size)
+    def __init__(self, in_chs: int, out_chs: int, patch_size: int, min_input_size: int,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(in_chs, out_chs, patch_size, patch_size, device=device, dtype=dtype)
         self.in_chs = in_chs
         self.min_input_size = min_input_size
 
@@ -276,20 +244,29 @@ class PartialChannelAttention(nn.Module):
     ``norm`` -> ``norm``.
     """
 
-    def __init__(self, dim: int, n_div: int = 4) -> None:
+    def __init__(self, dim: int, n_div: int = 4, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.dim_conv = dim // n_div
         self.dim_untouched = dim - self.dim_conv
-        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False)
-        self.gate_conv = nn.Conv2d(self.dim_untouched, self.dim_untouched, (1, 2), bias=False)
-        self.gate_bn = nn.BatchNorm2d(self.dim_untouched)
-        self.norm = nn.BatchNorm2d(self.dim_untouched)
+        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False, **dd)
+        self.gate_conv = nn.Conv2d(self.dim_untouched, self.dim_untouched, (1, 2), bias=False, **dd)
+        self.gate_bn = nn.BatchNorm2d(self.dim_untouched, **dd)
+        self.norm = nn.BatchNorm2d(self.dim_untouched, **dd)
 
     def gate(self, x2: torch.Tensor) -> torch.Tensor:
         """Channel gate (B, C2, 1, 1) in [0, 1] from the statistics of ``x2``."""
         mean, std = channel_mean_std(x2)
         stats = torch.cat([mean, std], dim=-1)  # (B, C2, 1, 2)
+        if not torch.jit.is_scripting():
+            if self._gate_bn_trains():
+                stats = check_gate_batch(stats)
         return F.hardsigmoid(self.gate_bn(self.gate_conv(stats)))
+
+    @torch.jit.unused
+    def _gate_bn_trains(self) -> bool:
+        # A FrozenBatchNorm2d (detection) or an eval-mode BatchNorm takes any batch.
+        return isinstance(self.gate_bn, nn.modules.batchnorm._BatchNorm) and self.gate_bn.training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
@@ -303,14 +280,15 @@ class PartialSpatialAttention(nn.Module):
     ``conv_attn`` -> ``attn_conv``, ``norm`` -> ``attn_norm``, ``conv`` -> ``conv``, ``norm2`` -> ``conv_norm``.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.dim_conv = int(0.5 * dim)
         self.dim_attn = dim - self.dim_conv
-        self.attn_conv = nn.Conv2d(self.dim_attn, 1, 1, bias=False)
-        self.attn_norm = nn.BatchNorm2d(self.dim_attn)
-        self.conv_norm = nn.BatchNorm2d(self.dim_conv)
-        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 1, bias=False)
+        self.attn_conv = nn.Conv2d(self.dim_attn, 1, 1, bias=False, **dd)
+        self.attn_norm = nn.BatchNorm2d(self.dim_attn, **dd)
+        self.conv_norm = nn.BatchNorm2d(self.dim_conv, **dd)
+        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 1, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = torch.split(x, [self.dim_attn, self.dim_conv], dim=1)
@@ -322,25 +300,47 @@ class EuclideanRelPosBias(nn.Module):
     """iRPE relative-position bias (Euclidean method, bias mode, one table per head) for an H x W map.
 
     ``forward(H, W)`` returns the additive attention bias of shape (heads, H*W, H*W). The bucket index depends only
-    on the map size, so it is computed once per size (and device) and reused. Authors' name:
-    ``rpe_k.lookup_table_bias`` -> ``bias_table``.
+    on the map size: eager calls keep the index of the last size in a non-persistent buffer (it follows the module
+    across devices and is never saved), made outside inference mode so a later training step can use it. Traced,
+    scripted, compiled and exported graphs compute it in the graph instead, where it is a constant of the size, so
+    no graph depends on what ran before it. Authors' name: ``rpe_k.lookup_table_bias`` -> ``bias_table``.
     """
 
     def __init__(
-            self, num_heads: int, alpha: float = RPE_ALPHA, beta: float = RPE_BETA, gamma: float = RPE_GAMMA
+            self,
+            num_heads: int,
+            alpha: float = RPE_ALPHA,
+            beta: float = RPE_BETA,
+            gamma: float = RPE_GAMMA,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
-        self.bias_table = nn.Parameter(torch.zeros(num_heads, 2 * int(beta) + 1))
+        self.bias_table = nn.Parameter(torch.zeros(num_heads, 2 * int(beta) + 1, device=device, dtype=dtype))
+        self.register_buffer("index", torch.zeros(0, 0, dtype=torch.int32, device=device), persistent=False)
+        self.index_size = (0, 0)
 
     def forward(self, height: int, width: int) -> torch.Tensor:
-        if torch.jit.is_scripting() or torch.compiler.is_compiling():
-            index = euclidean_bucket_index(
-                height, width, self.alpha, self.beta, self.gamma, self.bias_table.device
-            )
+        if torch.jit.is_scripting() or not self._eager():
+            index = euclidean_bucket_index(height, width, self.alpha, self.beta, self.gamma, self.bias_table.device)
         else:
-            index = cached_bucket_index(height, width, self.alpha, self.beta, self.gamma, self.bias_table.device)
+            index = self._cached_index(height, width)
         return self.bias_table[:, index]
+
+    @torch.jit.unused
+    def _eager(self) -> bool:
+        return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or is_fx_tracing())
+
+    @torch.jit.unused
+    def _cached_index(self, height: int, width: int) -> torch.Tensor:
+        if self.index_size != (height, width) or self.index.device != self.bias_table.device:
+            with torch.inference_mode(False):  # an inference tensor here would poison later training steps
+                self.index = euclidean_bucket_index(
+                    height, width, self.alpha, self.beta, self.gamma, self.bias_table.device
+                ).to(torch.int32)
+            self.index_size = (height, width)
+        return self.index
 
 
 class PartialSelfAttention(nn.Module):
@@ -367,8 +367,11 @@ class PartialSelfAttention(nn.Module):
             rpe_alpha: float = RPE_ALPHA,
             rpe_beta: float = RPE_BETA,
             rpe_gamma: float = RPE_GAMMA,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.dim_conv = dim // n_div
         self.dim_untouched = dim - self.dim_conv
         if self.dim_untouched % num_heads:
@@ -380,12 +383,12 @@ class PartialSelfAttention(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.fused_attn = use_fused_attn()
 
-        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False)
-        self.norm = LayerNorm2d(self.dim_untouched, eps=1e-6)
-        self.qkv = nn.Linear(self.dim_untouched, 3 * self.dim_untouched, bias=False)
-        self.rel_pos = EuclideanRelPosBias(num_heads, rpe_alpha, rpe_beta, rpe_gamma)
+        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False, **dd)
+        self.norm = LayerNorm2d(self.dim_untouched, eps=1e-6, **dd)
+        self.qkv = nn.Linear(self.dim_untouched, 3 * self.dim_untouched, bias=False, **dd)
+        self.rel_pos = EuclideanRelPosBias(num_heads, rpe_alpha, rpe_beta, rpe_gamma, **dd)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(self.dim_untouched, self.dim_untouched)
+        self.proj = nn.Linear(self.dim_untouched, self.dim_untouched, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def attend(self, x2: torch.Tensor) -> torch.Tensor:
@@ -417,13 +420,15 @@ class PatMlp(nn.Module):
     Authors' names: ``mlp.0`` -> ``fc1``, ``mlp.1`` -> ``norm``, ``mlp.3`` -> ``fc2``, ``mlp.4`` -> ``spatial``.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, act_layer: Callable[..., nn.Module], spatial_attn: bool) -> None:
+    def __init__(self, dim: int, hidden_dim: int, act_layer: Callable[..., nn.Module], spatial_attn: bool,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden_dim, 1, bias=False)
-        self.norm = nn.BatchNorm2d(hidden_dim)
+        dd = dict(device=device, dtype=dtype)
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1, bias=False, **dd)
+        self.norm = nn.BatchNorm2d(hidden_dim, **dd)
         self.act = act_layer()
-        self.fc2 = nn.Conv2d(hidden_dim, dim, 1, bias=False)
-        self.spatial: nn.Module = PartialSpatialAttention(dim) if spatial_attn else nn.Identity()
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1, bias=False, **dd)
+        self.spatial: nn.Module = PartialSpatialAttention(dim, **dd) if spatial_attn else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.spatial(self.fc2(self.act(self.norm(self.fc1(x)))))
@@ -444,10 +449,13 @@ class PatBlock(nn.Module):
             act_layer: Callable[..., nn.Module] = nn.GELU,
             spatial_attn: bool = False,
             drop_path: float = 0.0,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        self.mixer = PartialChannelAttention(dim, n_div)
-        self.mlp = PatMlp(dim, int(dim * mlp_ratio), act_layer, spatial_attn)
+        dd = dict(device=device, dtype=dtype)
+        self.mixer = PartialChannelAttention(dim, n_div, **dd)
+        self.mlp = PatMlp(dim, int(dim * mlp_ratio), act_layer, spatial_attn, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -473,10 +481,13 @@ class PatAttnBlock(nn.Module):
             num_heads: int = 4,
             attn_drop: float = ATTN_DROP,
             proj_drop: float = PROJ_DROP,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        self.mixer = PartialSelfAttention(dim, n_div, num_heads, attn_drop, proj_drop)
-        self.mlp = PatMlp(dim, int(dim * mlp_ratio), act_layer, spatial_attn)
+        dd = dict(device=device, dtype=dtype)
+        self.mixer = PartialSelfAttention(dim, n_div, num_heads, attn_drop, proj_drop, **dd)
+        self.mlp = PatMlp(dim, int(dim * mlp_ratio), act_layer, spatial_attn, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -705,8 +716,11 @@ class PATNet(nn.Module):
             drop_path_rate: float = 0.0,
             attn_drop_rate: float = ATTN_DROP,
             proj_drop_rate: float = PROJ_DROP,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if len(depths) != 4 or min(depths) < 1:
             raise ValueError(f"PATNet needs 4 stages of at least one block each, got depths={tuple(depths)}")
         # Constructor arguments that define the weights' shapes and math, saved next to weights (``patnet.io``).
@@ -725,7 +739,7 @@ class PATNet(nn.Module):
         self.grad_checkpointing = False
         reduction = patch_size * merge_size ** (len(depths) - 1)
 
-        self.stem = Stem(in_chans, embed_dim, patch_size, min_input_size=reduction)
+        self.stem = Stem(in_chans, embed_dim, patch_size, min_input_size=reduction, **dd)
         # Linear from 0 over all blocks (torch.linspace, as the authors' and timm's FasterNet).
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages: List[nn.Module] = []
@@ -735,10 +749,10 @@ class PATNet(nn.Module):
             if i == 0:
                 downsample: nn.Module = nn.Identity()
             else:
-                downsample = ConvBn(dim, dim * 2, merge_size, merge_size)
+                downsample = ConvBn(dim, dim * 2, merge_size, merge_size, **dd)
                 dim *= 2
             block_dpr = dpr[i]
-            common = dict(n_div=n_div, mlp_ratio=mlp_ratio, act_layer=act, spatial_attn=spatial_attn)
+            common = dict(n_div=n_div, mlp_ratio=mlp_ratio, act_layer=act, spatial_attn=spatial_attn, **dd)
             if i < len(depths) - 1:
                 blocks: List[nn.Module] = [PatBlock(dim, drop_path=p, **common) for p in block_dpr]
             else:
@@ -756,11 +770,12 @@ class PATNet(nn.Module):
         self.num_features = dim
         self.head_hidden_size = feature_dim
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
-        self.conv_head = nn.Conv2d(dim, feature_dim, 1, bias=False)
+        # A pooling that concatenates (timm's 'catavgmax') widens what the head's 1x1 conv takes.
+        self.conv_head = nn.Conv2d(dim * self.global_pool.feat_mult(), feature_dim, 1, bias=False, **dd)
         self.act = act()
         self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
         self.classifier: nn.Module = (
-            ClassifierLinear(feature_dim, num_classes) if num_classes > 0 else nn.Identity()
+            ClassifierLinear(feature_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         )
         self.apply(self._init_weights)
 
@@ -796,15 +811,27 @@ class PATNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
+                         device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
+        """A new classifier for ``num_classes`` (0: none), on the model's device and dtype unless given.
+
+        ``global_pool`` may change the pooling, but not its width: the head's trained 1x1 conv takes the pooled
+        features, so 'avg' <-> 'max' works and 'avg' -> 'catavgmax' is refused (create the model with it instead).
+        """
+        dd = get_device_dtype(self, device=device, dtype=dtype)
+        if global_pool is not None:
+            pool = SelectAdaptivePool2d(pool_type=global_pool)
+            if global_pool and isinstance(self.conv_head, nn.Conv2d) and (
+                    pool.feat_mult() != self.global_pool.feat_mult()):
+                raise ValueError(f"global_pool={global_pool!r} changes the pooled width the head's conv was built "
+                                 f"for ({self.global_pool.pool_type!r}); create the model with global_pool="
+                                 f"{global_pool!r} instead")
+            self.global_pool = pool.train(self.training)
+            self.flatten = (nn.Flatten(1) if global_pool else nn.Identity()).train(self.training)
         self.num_classes = num_classes
         self.arch_args["num_classes"] = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
-            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
-        device = self.conv_head.weight.device if isinstance(self.conv_head, nn.Conv2d) else None
         self.classifier = (
-            ClassifierLinear(self.head_hidden_size, num_classes, device=device) if num_classes > 0 else nn.Identity()
+            ClassifierLinear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
         )
         self.classifier.train(self.training)
 
@@ -828,7 +855,7 @@ class PATNet(nn.Module):
             intermediates_only: Return only the intermediates.
         """
         if output_fmt != "NCHW":
-            raise ValueError(f"PATNet intermediates are NCHW, got output_fmt={output_fmt!r}")
+            raise ValueError("PATNet intermediates are NCHW only (output_fmt='NCHW')")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates: List[torch.Tensor] = []
         x = self.stem(x)
