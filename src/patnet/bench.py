@@ -9,6 +9,7 @@ gain of fusion is a number. GPU (when CUDA is present): batch 32 fp32 images/s a
 bf16 autocast + channels_last over a few batch sizes. ``runtime='onnxruntime'`` adds ONNX Runtime latency of the same
 deployment form.
 """
+import importlib
 import json
 import logging
 import math
@@ -105,13 +106,27 @@ def environment() -> Dict[str, Any]:
         "timm": timm.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        import onnxruntime
-
-        env["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    env["cpu_features"] = cpu_features()
+    for module in ("onnxruntime", "openvino", "nncf"):
+        try:
+            env[module] = importlib.import_module(module).__version__
+        except ImportError:
+            pass
     return env
+
+
+# The ISA extensions that decide int8 and bf16 speed on x86 CPUs (Linux /proc/cpuinfo flag names).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")
+
+
+def cpu_features() -> List[str]:
+    """The int8/bf16-relevant ISA flags this CPU reports (empty where /proc/cpuinfo is not readable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in SPEED_FLAGS if f in flags]
 
 
 def _time_interleaved(
@@ -189,9 +204,9 @@ def _openvino_request(onnx_path: Path, threads: int, calib: Optional[List[np.nda
     core = ov.Core()
     model = core.read_model(str(onnx_path))
     if calib is not None:
-        import nncf
+        from .quantize import nncf_quantize
 
-        model = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
+        model = nncf_quantize(model, calib)
     compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                                                  "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})
     return compiled.create_infer_request()

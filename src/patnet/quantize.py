@@ -31,7 +31,7 @@ from .errors import PatnetError
 
 __all__ = [
     "QuantizeError", "QuantizeReport", "Preprocess", "quantize_model", "evaluate_onnx", "image_batches",
-    "quantize_onnx", "read_preprocess", "write_preprocess", "CALIBRATION_METHODS", "DEFAULT_MAX_DROP",
+    "quantize_onnx", "nncf_quantize", "read_preprocess", "write_preprocess", "CALIBRATION_METHODS", "DEFAULT_MAX_DROP",
 ]
 
 from .config import CALIBRATION_METHODS, DEFAULT_MAX_DROP  # noqa: F401
@@ -197,6 +197,28 @@ def quantize_onnx(src: Path, dst: Path, calib: Sequence[np.ndarray], method: str
                               "percentile": CalibrationMethod.Percentile}[method],
         )
     return len(quant_nodes), len(fp32_nodes)
+
+
+def nncf_quantize(model: Any, calib: Sequence[np.ndarray], preset: str = "performance",
+                  model_type: Optional[str] = None, fast_bias_correction: bool = True) -> Any:
+    """An OpenVINO model (``openvino.Model``) quantized to int8 by NNCF post-training quantization.
+
+    ``calib`` are input batches (one image each is best: NNCF collects statistics per batch). ``preset``
+    'performance' (symmetric activations, NNCF's default for CPUs) or 'mixed' (asymmetric activations);
+    ``model_type`` 'transformer' makes NNCF keep more of attention's neighbourhood in fp32.
+    """
+    import nncf
+
+    if preset not in ("performance", "mixed"):
+        raise ValueError(f"unknown NNCF preset {preset!r}; use 'performance' or 'mixed'")
+    kwargs: Dict[str, Any] = {}
+    if model_type is not None:
+        kwargs["model_type"] = {"transformer": nncf.ModelType.TRANSFORMER}[model_type]
+    return nncf.quantize(
+        model, nncf.Dataset(list(calib)), subset_size=len(calib), target_device=nncf.TargetDevice.CPU,
+        preset=nncf.QuantizationPreset.PERFORMANCE if preset == "performance" else nncf.QuantizationPreset.MIXED,
+        fast_bias_correction=fast_bias_correction, **kwargs,
+    )
 
 
 def _top1(session: Any, batches: Sequence[Tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
