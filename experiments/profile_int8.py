@@ -30,8 +30,13 @@ Nodes = List[Tuple[str, str, str, float]]  # (name, node type, kernel, ms per ru
 def profile_openvino(onnx_path: Path, calib: List[np.ndarray], runs: int) -> Nodes:
     import openvino as ov
 
-    from patnet.quantize import nncf_quantize
+    try:
+        from patnet.quantize import nncf_quantize
+    except ImportError:  # profiling an older checkout (PYTHONPATH=OLD/src) for a before/after pair
+        import nncf
 
+        def nncf_quantize(m, c):
+            return nncf.quantize(m, nncf.Dataset(c), subset_size=len(c), target_device=nncf.TargetDevice.CPU)
     model = nncf_quantize(ov.Core().read_model(str(onnx_path)), calib)
     compiled = ov.Core().compile_model(model, "CPU", {
         "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,

@@ -193,9 +193,12 @@ def test_resume_mismatch_and_truncated(idx_data, tmp_path, capsys):
     train(_cfg(idx_data, tmp_path / "run", epochs=1))
     ckpt = tmp_path / "run" / "last.pth"
     assert main(["train", "--model", "fasternet_t0", "--data", str(idx_data), "--resume", str(ckpt),
-                 "--output", str(tmp_path / "o"), "--img-size", "32"]) == 2
+                 "--img-size", "32"]) == 2
     assert "continues a run with other settings: --model fasternet_t0 (the run used patnet_t0)" in \
         capsys.readouterr().err
+    assert main(["train", "--data", str(idx_data), "--resume", str(ckpt), "--output", str(tmp_path / "o")]) == 2
+    assert "a resume continues the run in its checkpoint's folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
     bad = tmp_path / "trunc.pth"
     bad.write_bytes(ckpt.read_bytes()[:1000])
     assert main(["train", "--data", str(idx_data), "--resume", str(bad), "--output", str(tmp_path / "o")]) == 2

@@ -17,6 +17,7 @@
 ``resume_config`` restores a run's own arguments from its checkpoint (see its docstring for what may change).
 """
 import datetime
+import errno
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ import random
 import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, TypeVar
 
 import numpy as np
 import torch
@@ -99,6 +100,11 @@ def resume_config(cfg: C, saved: Mapping[str, Any], defaults: C, checkpoint: Pat
             continue
         if mine == default:
             changes[name] = theirs
+        elif name == "epochs" and isinstance(theirs, int) and mine > theirs:
+            _log.info("--epochs %d: extending the run from %d epochs; the schedule is recomputed for %d", mine,
+                      theirs, mine)
+        elif name == "epochs":
+            conflicts.append(f"--epochs {mine} (the run is set for {theirs}; a resume can only extend it)")
         elif name not in RESUME_MAY_CHANGE:
             conflicts.append(f"--{name.replace('_', '-')} {mine} (the run used {theirs})")
     if conflicts:
@@ -234,7 +240,16 @@ def load_resume(cfg: C, defaults: C, command: str) -> "tuple[C, Optional[Dict[st
     state = read_checkpoint(Path(resume))
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(f"--resume {resume} is not a checkpoint of {command} (no model/epoch)")
-    return resume_config(cfg, state.get("config", {}), defaults, Path(resume)), state
+    # A resume continues the run in the checkpoint's own folder, never in a path stored inside the file (a
+    # downloaded checkpoint must not choose where it writes), and never over another run.
+    folder = Path(resume).resolve().parent
+    mine = getattr(cfg, "output")
+    if mine != getattr(defaults, "output") and Path(mine).resolve() != folder:
+        raise ValueError(f"--output {mine}: a resume continues the run in its checkpoint's folder {folder}; "
+                         "leave --output out (to branch a run, copy its folder first)")
+    saved = {k: v for k, v in dict(state.get("config", {})).items() if k != "output"}
+    cfg = replace(resume_config(cfg, saved, defaults, Path(resume)), output=str(folder))  # type: ignore[type-var]
+    return cfg, state
 
 
 def _clean_stale_temporaries(folder: Path) -> int:
@@ -246,6 +261,25 @@ def _clean_stale_temporaries(folder: Path) -> int:
     if removed:
         _log.info("removed %d temporary files left in %s by an interrupted run", removed, folder)
     return removed
+
+
+# Run-folder locks this process holds. A forked child (a data-loader worker) closes its copies at once, so the
+# lock ends with the run process itself: after a kill -9 of the run, --resume can take the folder immediately,
+# instead of waiting for orphaned workers to notice. (A POSIX record lock would not be inherited either, but a
+# second open of the lock file in the same process would silently release it.)
+_HELD_LOCKS: Set[int] = set()
+
+
+def _close_locks_in_child() -> None:
+    for fd in list(_HELD_LOCKS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_locks_in_child)
 
 
 class RunFolder:
@@ -266,7 +300,13 @@ class RunFolder:
         except OSError as e:
             raise OSError(f"cannot create output folder {self.path}: {e.strerror}") from None
         lock = self.path / LOCK_NAME
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symlink: a planted link would make the run truncate the file it points to
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise RunFolderError(f"{lock} is a symbolic link; remove it (a run folder's lock is a plain file)") \
+                    from None
+            raise OSError(f"cannot create the lock file {lock}: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -275,6 +315,7 @@ class RunFolder:
             raise RunFolderError(f"output folder {self.path} is in use by {holder}; wait for that run to end or "
                                  "choose another --output") from None
         self._lock_fd = fd
+        _HELD_LOCKS.add(fd)
         os.ftruncate(fd, 0)
         started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} (started {started})".encode())
@@ -299,6 +340,7 @@ class RunFolder:
             import fcntl
 
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            _HELD_LOCKS.discard(self._lock_fd)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -324,8 +366,16 @@ class RunFolder:
         if is_best:
             self._save(self.path / "best.pth", state)
         self._save(self.path / "last.pth", state)
+        self.write_log(history)
+
+    def write_log(self, history: List[Dict[str, Any]]) -> None:
+        """``log.jsonl``: one strict-JSON line per finished epoch."""
         with atomic_path(self.path / "log.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(json_safe(h), allow_nan=False) + "\n" for h in history))
+
+    def finished(self) -> bool:
+        """Whether the run in this folder was finalised (``metrics.json`` written after its last epoch)."""
+        return (self.path / "metrics.json").exists()
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Atomically write ``obj`` as strict JSON (non-finite floats become null)."""
@@ -337,8 +387,10 @@ class RunFolder:
     @staticmethod
     def _save(path: Path, state: Dict[str, Any]) -> None:
         try:
-            with atomic_path(path) as tmp:
-                torch.save(state, tmp)
-        except (RuntimeError, OSError) as e:  # a full disk surfaces from torch.save as "unexpected pos ..."
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                torch.save(state, f)  # through a Python file, so a full disk is an OSError atomic_path words
+        except OSError:
+            raise
+        except RuntimeError as e:  # torch's own writer reports a full disk as "unexpected pos ..."
             raise OSError(f"cannot write {path} ({str(e).splitlines()[0][:120]}); is the disk full? The previous "
                           f"{path.name} is unchanged") from None

@@ -10,6 +10,7 @@ ONNX uses opset 18 and torch's TorchScript-based exporter: the graph has a fixed
 bias is a constant for it) and, with ``dynamic_batch``, a symbolic batch axis named ``batch``. Partial channels are
 taken with Split and joined with Concat; the graph has no in-place slice assignment (ScatterND).
 """
+import io
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -174,7 +175,9 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> 
         except Exception as e:  # not every timm model scripts; tracing fixes the image size instead
             _log.info("torch.jit.script failed (%s); tracing at %s instead", type(e).__name__, tuple(example.shape))
             scripted = torch.jit.trace(model, example)
-        torch.jit.save(torch.jit.freeze(scripted.eval()), str(path))
+        buffer = io.BytesIO()  # TorchScript's file writer aborts the interpreter on a full disk; Python's raises
+        torch.jit.save(torch.jit.freeze(scripted.eval()), buffer)
+    path.write_bytes(buffer.getvalue())
 
 
 def export_model(
@@ -216,46 +219,47 @@ def export_model(
 
     batches: List[int] = [1, 8] if dynamic_batch else [1]
     bar = tqdm(total=2 + len(batches), desc=f"export {fmt}", disable=not progress, leave=False)
-    bar.set_postfix_str("folding")
-    was_training = model.training
-    deploy = deploy_form(model)
-    reference = model.eval()
-    in_chans = getattr(model, "in_chans", 3)
-    example = torch.randn(1, in_chans, *img_size)
-    inputs = {b: torch.randn(b, in_chans, *img_size, generator=torch.Generator().manual_seed(b)) for b in batches}
-    with torch.no_grad():
-        deploy(example)  # fills the per-size caches so the graph holds constants, not their computation
-        try:
-            expected = {b: reference(x) for b, x in inputs.items()}
-        finally:
-            model.train(was_training)
-    bar.update(1)
-    bar.set_postfix_str("writing")
-    report = ExportReport(path, fmt, tuple(img_size), dynamic_batch, opset=opset if fmt == "onnx" else None)
-    with atomic_path(path) as tmp:
+    try:
+        bar.set_postfix_str("folding")
+        was_training = model.training
+        deploy = deploy_form(model)
+        reference = model.eval()
+        in_chans = getattr(model, "in_chans", 3)
+        example = torch.randn(1, in_chans, *img_size)
+        inputs = {b: torch.randn(b, in_chans, *img_size, generator=torch.Generator().manual_seed(b)) for b in batches}
         with torch.no_grad():
-            if fmt == "onnx":
-                export_onnx_file(deploy, example, tmp, dynamic_batch, opset)
-                from .quantize import Preprocess, write_preprocess
+            try:
+                expected = {b: reference(x) for b, x in inputs.items()}
+            finally:
+                model.train(was_training)
+        bar.update(1)
+        bar.set_postfix_str("writing")
+        report = ExportReport(path, fmt, tuple(img_size), dynamic_batch, opset=opset if fmt == "onnx" else None)
+        with atomic_path(path) as tmp:
+            with torch.no_grad():
+                if fmt == "onnx":
+                    export_onnx_file(deploy, example, tmp, dynamic_batch, opset)
+                    from .quantize import Preprocess, write_preprocess
 
-                arch = str(getattr(model, "pretrained_cfg", {}).get("architecture", ""))
-                write_preprocess(tmp, Preprocess.for_model(model, arch, img_size))
-                run = lambda x: _run_onnx(tmp, x)  # noqa: E731
-            else:
-                _export_torchscript(deploy, example, tmp)
-                loaded = torch.jit.load(str(tmp))
-                run = loaded
-            bar.update(1)
-            for b, x in inputs.items():
-                bar.set_postfix_str(f"verifying batch {b}")
-                report.max_rel_error[b] = _rel_err(run(x), expected[b])
+                    arch = str(getattr(model, "pretrained_cfg", {}).get("architecture", ""))
+                    write_preprocess(tmp, Preprocess.for_model(model, arch, img_size))
+                    run = lambda x: _run_onnx(tmp, x)  # noqa: E731
+                else:
+                    _export_torchscript(deploy, example, tmp)
+                    loaded = torch.jit.load(str(tmp))
+                    run = loaded
                 bar.update(1)
-        bar.close()
-        bad = {b: e for b, e in report.max_rel_error.items() if not e <= tolerance}
-        if bad:
-            raise ExportError(
-                f"{fmt} export does not reproduce the model: relative error {bad} exceeds {tolerance:g}; "
-                "nothing was written"
-            )
+                for b, x in inputs.items():
+                    bar.set_postfix_str(f"verifying batch {b}")
+                    report.max_rel_error[b] = _rel_err(run(x), expected[b])
+                    bar.update(1)
+            bad = {b: e for b, e in report.max_rel_error.items() if not e <= tolerance}
+            if bad:
+                raise ExportError(
+                    f"{fmt} export does not reproduce the model: relative error {bad} exceeds {tolerance:g}; "
+                    "nothing was written"
+                )
+    finally:
+        bar.close()  # also on failure, so an error message starts on a line of its own
     _log.info("exported %s (%s), relative error %s", path, fmt, report.max_rel_error)
     return report

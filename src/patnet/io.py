@@ -1,6 +1,9 @@
 """Files: atomic writes and weights in safetensors with the architecture stored beside them."""
+import errno
 import json
 import os
+import secrets
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -8,7 +11,8 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["atomic_path", "save_weights", "load_weights", "read_checkpoint", "check_writable"]
+__all__ = ["atomic_path", "atomic_files", "fsync_path", "save_weights", "load_weights", "read_checkpoint",
+           "check_writable"]
 
 PathLike = Union[str, Path]
 
@@ -27,25 +31,90 @@ def check_writable(path: PathLike) -> Path:
     return path
 
 
+# What a failed write means to the user; the message says the previous file is unchanged (it is).
+_DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only"}
+
+
+def _new_temporary(path: Path) -> Path:
+    """Create an empty temporary file beside ``path``: a fresh name, never through a symlink, mode 0666 less umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, flags, 0o666))  # the kernel applies the umask: no process-wide umask change
+            return tmp
+        except FileExistsError:
+            continue
+    raise OSError(f"cannot create a temporary file beside {path}")
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a written file (or a folder's entries) to the disk, so a power cut cannot undo a finished write."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def disk_error(e: BaseException, path: Path) -> Optional[OSError]:
+    """The one-line error for a write of ``path`` that failed for lack of space or a read-only disk, else None."""
+    code = getattr(e, "errno", None)
+    if code in _DISK_ERRORS:
+        return OSError(f"cannot write {path}: {_DISK_ERRORS[code]}; the previous {path.name} is unchanged")
+    return None
+
+
 @contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success it replaces ``path`` in one step.
 
-    On any error the temporary file is removed and ``path`` is left as it was, so a reader never sees a
-    half-written file.
+    On any error the temporary file is removed and ``path`` is left as it was, so a reader never sees a half-written
+    file; a full or read-only disk becomes a one-line ``OSError`` naming ``path``. The file and its folder are
+    fsynced before and after the rename, so a finished write survives a power cut. Writers that bypass Python's
+    file objects (TorchScript, safetensors) should serialise to bytes and write those, so their failures are
+    Python errors too.
     """
     path = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
+        yield tmp
+        fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        fsync_path(path.parent)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        mapped = disk_error(e, path)
+        if mapped is not None:
+            raise mapped from None
         raise
+
+
+@contextmanager
+def atomic_files(*paths: PathLike) -> Iterator[Path]:
+    """Write several files as a unit: yield a temporary folder beside the first; the caller writes each target's
+    name into it; on success every file replaces its target (in the order given, so put the one readers look
+    for last) and on any error nothing replaces anything and the folder is removed."""
+    targets = [check_writable(p) for p in paths]
+    folder = targets[0].parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.", suffix=".tmp", dir=folder))
+    try:
+        yield tmp
+        for target in targets:
+            fsync_path(tmp / target.name)
+        for target in targets:
+            os.replace(tmp / target.name, target)
+        for parent in {t.parent for t in targets}:
+            fsync_path(parent)
+    except BaseException as e:
+        mapped = disk_error(e, targets[0])
+        if mapped is not None:
+            raise mapped from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_weights(
@@ -56,12 +125,13 @@ def save_weights(
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
             meta = {"patnet_config": json.dumps(dict(config), default=list)} if config else None
-            save_file(tensors, str(tmp), metadata=meta)
+            tmp.write_bytes(save(tensors, metadata=meta))  # bytes first: safetensors' own writer escapes ENOSPC
         else:
-            torch.save({"state_dict": tensors, "config": dict(config or {})}, tmp)
+            with open(tmp, "wb") as f:
+                torch.save({"state_dict": tensors, "config": dict(config or {})}, f)
     return path
 
 

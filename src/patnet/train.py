@@ -351,8 +351,18 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
         except (KeyError, RuntimeError) as e:
             raise ValueError(f"--resume {cfg.resume} is incomplete or does not fit {cfg.model}: "
                              f"{str(e).splitlines()[0][:200]}") from None
-        if start_epoch >= cfg.epochs:
-            raise ValueError(f"--resume {cfg.resume} already finished its {cfg.epochs} epochs")
+        if start_epoch > cfg.epochs:
+            raise ValueError(f"--epochs {cfg.epochs}: the run has already done {start_epoch} epochs; give more "
+                             "epochs to extend it")
+        if start_epoch == cfg.epochs and (Path(cfg.output) / "metrics.json").exists():
+            raise ValueError(f"--resume {cfg.resume} already finished its {cfg.epochs} epochs; give --epochs N "
+                             "(more) to extend it")
+        saved_epochs = resume_state.get("config", {}).get("epochs", cfg.epochs)
+        saved_world = resume_state.get("world_size", d.world)
+        if saved_world != d.world:
+            raise ValueError(f"--resume {cfg.resume} was trained on {saved_world} processes (global batch "
+                             f"{cfg.batch_size * saved_world}); resume it on {saved_world} (torchrun "
+                             f"--nproc-per-node {saved_world}) so the batch and learning rate stay as they were")
         best, history = resume_state.get("best", best), resume_state.get("history", [])
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -383,7 +393,10 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
+        if cfg.epochs == saved_epochs:
+            scheduler.load_state_dict(resume_state["scheduler"])
+        # else: an extended run keeps the new scheduler (per-step cosine over the new length, as timm's train.py
+        # does on --resume with more --epochs): the learning rate continues from where the longer schedule is
         scaler.load_state_dict(resume_state.get("scaler", {}) or scaler.state_dict())
         if ema is not None and resume_state.get("ema") is not None:
             ema.load_state_dict(resume_state["ema"])
@@ -452,7 +465,7 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
             state = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "epoch": epoch, "best": best, "history": history,
+                "epoch": epoch, "best": best, "history": history, "world_size": d.world,
                 "arch": {"model": cfg.model, "num_classes": info.num_classes, "img_size": cfg.img_size},
                 "config": asdict(cfg),
             }
@@ -463,6 +476,10 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
             _log.info("epoch %d/%d: train loss %.4f, val loss %.4f, top1 %.2f, top5 %.2f, %.0f img/s", epoch + 1,
                       cfg.epochs, metrics["train_loss"], metrics["loss"], metrics["top1"], metrics["top5"],
                       metrics["train_images_per_second"])
+
+    if d.main and start_epoch == cfg.epochs:  # killed after its last checkpoint, before it was finalised
+        _log.info("the run's last epoch was saved but not finalised; writing its log and metrics.json")
+        folder.write_log(history)
 
     from .flops import count_params
 

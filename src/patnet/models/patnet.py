@@ -41,7 +41,7 @@ from timm.layers import (
 from timm.layers import Linear as ClassifierLinear
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices  # no public name in timm 1.0.x
-from torch.fx._symbolic_trace import is_fx_tracing  # no public name; torch.fx's own check
+from torch.fx import _symbolic_trace as _fx_trace
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = [
@@ -74,6 +74,10 @@ ATTN_DROP = 0.1
 PROJ_DROP = 0.1
 
 LayerType = Union[str, Callable[..., nn.Module]]
+
+# torch.fx's own "inside symbolic_trace" check (private, no public name); older torch has only is_fx_tracing, which
+# newer torch keeps but makes warn because it is also true under torch.export.
+_is_fx_symbolic_tracing = getattr(_fx_trace, "is_fx_symbolic_tracing", _fx_trace.is_fx_tracing)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -332,7 +336,7 @@ class EuclideanRelPosBias(nn.Module):
 
     @torch.jit.unused
     def _eager(self) -> bool:
-        return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or is_fx_tracing())
+        return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or _is_fx_symbolic_tracing())
 
     @torch.jit.unused
     def _cached_index(self, height: int, width: int) -> torch.Tensor:

@@ -1,0 +1,163 @@
+"""No lost runs and no hostile paths: locks that die with the run, symlinks, full disks, power loss, resume folders."""
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import patnet.io as pio
+from patnet.cli import main
+from patnet.engine import RunFolder, RunFolderError
+from patnet.train import train
+
+from conftest import make_idx_dataset
+from test_train import _cfg
+
+
+@pytest.fixture()
+def idx_data(tmp_path):
+    return make_idx_dataset(tmp_path / "idx", n_train=48, n_val=24)
+
+
+def test_lock_dies_with_the_run_not_with_its_forked_workers(tmp_path):
+    """A run killed with -9 while a forked worker lives on frees its folder at once."""
+    run = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        from patnet.engine import RunFolder
+        folder = RunFolder({str(run)!r}).__enter__()
+        if os.fork() == 0:          # a data-loader-like worker that outlives its parent
+            time.sleep(30)
+            os._exit(0)
+        print("locked", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9 and "locked" in proc.stdout
+    with RunFolder(run):  # the orphaned worker still sleeps; the folder is free anyway
+        pass
+
+
+def test_lock_file_symlink_is_refused_and_its_target_untouched(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".patnet.lock").symlink_to(victim)
+    with pytest.raises(RunFolderError, match="is a symbolic link"):
+        with RunFolder(run):
+            pass
+    assert victim.read_text() == "precious"
+
+
+def test_atomic_write_never_touches_the_umask(tmp_path, monkeypatch):
+    """Changing the process umask for a moment made other threads' files world-writable."""
+    def no_umask(*_):
+        raise AssertionError("atomic_path changed the process umask")
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    with pio.atomic_path(tmp_path / "a.txt") as tmp:
+        tmp.write_text("x")
+    assert (tmp_path / "a.txt").read_text() == "x"
+    assert (tmp_path / "a.txt").stat().st_mode & 0o002 == 0
+
+
+def test_atomic_write_fsyncs_the_file_and_its_folder(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    with pio.atomic_path(tmp_path / "a.bin") as tmp:
+        tmp.write_bytes(b"1")
+    assert any(s.endswith(".tmp") for s in synced) and str(tmp_path) in synced
+
+
+def test_atomic_temporary_is_not_created_through_a_planted_symlink(tmp_path, monkeypatch):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    names = iter(["aaaa", "bbbb"])
+    monkeypatch.setattr(pio.secrets, "token_hex", lambda n: next(names))
+    (tmp_path / ".out.txt.aaaa.tmp").symlink_to(victim)  # a guessed temporary name, planted in advance
+    with pio.atomic_path(tmp_path / "out.txt") as tmp:
+        tmp.write_text("new")
+    assert victim.read_text() == "precious" and (tmp_path / "out.txt").read_text() == "new"
+
+
+def _full_disk(monkeypatch):
+    def write_bytes(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+def test_full_disk_torchscript_export_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    _full_disk(monkeypatch)
+    out = tmp_path / "m.pt"
+    assert main(["export", "patnet_t0", str(out), "--format", "torchscript", "--img-size", "64", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert err == f"patnet: error: cannot write {out}: the disk is full; the previous m.pt is unchanged"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_convert_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    from conftest import load_parity
+
+    d = load_parity("patnet_t0_official_cfg.pt")
+    src = tmp_path / "official.pth"
+    torch.save({"state_dict": d["state_dict"]}, src)
+    _full_disk(monkeypatch)
+    assert main(["convert", str(src), str(tmp_path / "w.safetensors"), "--act", "gelu"]) == 2
+    assert "the disk is full" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["official.pth"]
+
+
+def test_atomic_files_write_as_a_unit(tmp_path):
+    (tmp_path / "m.onnx").write_text("old model")
+    (tmp_path / "m.json").write_text("old report")
+    with pytest.raises(RuntimeError):
+        with pio.atomic_files(tmp_path / "m.json", tmp_path / "m.onnx") as tmp:
+            (tmp / "m.json").write_text("new report")
+            raise RuntimeError("killed between the two files")
+    assert (tmp_path / "m.onnx").read_text() == "old model" and (tmp_path / "m.json").read_text() == "old report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]
+
+
+def test_resume_writes_to_the_checkpoints_folder_not_the_one_stored_in_it(idx_data, tmp_path):
+    train(_cfg(idx_data, tmp_path / "run1", epochs=1))
+    theirs = tmp_path / "downloaded"
+    theirs.mkdir()
+    (theirs / "last.pth").write_bytes((tmp_path / "run1" / "last.pth").read_bytes())  # its config says run1
+    before = (tmp_path / "run1" / "log.jsonl").read_text()
+    assert main(["train", "--resume", str(theirs / "last.pth"), "--epochs", "2", "--no-progress"]) == 0
+    assert (tmp_path / "run1" / "log.jsonl").read_text() == before  # run1 untouched
+    assert len((theirs / "log.jsonl").read_text().splitlines()) == 2 and (theirs / "metrics.json").is_file()
+
+
+def test_run_killed_after_its_last_checkpoint_finishes_on_resume(idx_data, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(idx_data, run, epochs=2))
+    (run / "metrics.json").unlink()  # what a kill between last.pth and the final writes leaves
+    log = (run / "log.jsonl").read_text().splitlines()
+    (run / "log.jsonl").write_text(log[0] + "\n")
+    main(["train", "--resume", str(run / "last.pth"), "--no-progress"])
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_resume_with_more_epochs_extends_the_run(idx_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(_cfg(idx_data, run, epochs=2))
+    assert main(["train", "--resume", str(run / "last.pth"), "--epochs", "1", "--no-progress"]) == 2
+    assert "--epochs 1 (the run is set for 2; a resume can only extend it)" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run / "last.pth"), "--epochs", "3", "--no-progress"]) == 0
+    history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
+    assert main(["train", "--resume", str(run / "last.pth"), "--no-progress"]) == 2
+    assert "already finished its 3 epochs" in capsys.readouterr().err
