@@ -161,3 +161,16 @@ def test_resume_with_more_epochs_extends_the_run(idx_data, tmp_path, capsys):
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
     assert main(["train", "--resume", str(run / "last.pth"), "--no-progress"]) == 2
     assert "already finished its 3 epochs" in capsys.readouterr().err
+
+
+def test_resume_rules_name_real_options_and_the_help_lists_them(capsys):
+    from dataclasses import fields
+
+    from patnet.config import RESUME_MAY_CHANGE, DetectConfig, TrainConfig, resume_help
+
+    names = {f.name for f in fields(TrainConfig)} | {f.name for f in fields(DetectConfig)}
+    assert RESUME_MAY_CHANGE <= names, RESUME_MAY_CHANGE - names
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = "".join(capsys.readouterr().out.split())  # argparse wraps (and breaks words at hyphens)
+    assert "".join(resume_help().split()) in shown and "--no-progress" in resume_help()

@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from .config import resume_help
+from .errors import PatnetError
+
 __all__ = ["main", "build_parser"]
 
 _log = logging.getLogger("patnet")
 
 # Errors that mean "the user asked for something that cannot be done": reported in one line.
-from .errors import PatnetError
 
 # KeyError is deliberately absent: a missing key is a bug of ours, and its traceback must show.
 USER_ERRORS = (PatnetError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError, ImportError)
@@ -283,8 +285,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the training step (slow first steps)")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--output", default=d.output, help="folder for checkpoints, logs and metrics.json")
-    g.add_argument("--resume", help="continue a run from its last.pth, with the run's own arguments (only "
-                                    "--workers, --no-progress, --tensorboard, --max-val-batches, --compile may differ)")
+    g.add_argument("--resume", help=resume_help())
     g.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     g.add_argument("--tensorboard", action="store_true")
     g.add_argument("--no-progress", dest="progress", action="store_false")
@@ -425,7 +426,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--max-iters-per-epoch", type=int)
     p.add_argument("--output", type=Path, default=Path(d.output))
-    p.add_argument("--resume", type=Path, help="continue a run from its last.pth, with the run's own arguments")
+    p.add_argument("--resume", type=Path, help=resume_help())
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_cmd_detect_train)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 __all__ = ["TrainConfig", "DetectConfig", "RECIPE_NAMES", "ONNX_OPSET", "DEFAULT_TOLERANCE", "CALIBRATION_METHODS",
-           "DEFAULT_MAX_DROP"]
+           "DEFAULT_MAX_DROP", "RESUME_MAY_CHANGE", "resume_help"]
 
 RECIPE_NAMES = ("paper", "short")
 ONNX_OPSET = 18
@@ -17,6 +17,18 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Largest accepted top-1 cost of quantization, in points (accuracy when labelled, else disagreement with fp32).
 # One point is what a careful deployment tolerates for an 8-bit model; tighter bounds are a flag away.
 DEFAULT_MAX_DROP = 1.0
+# Arguments a resumed run may change: they decide how the run is watched, not what it computes (``--epochs`` may
+# grow too: the run is extended). Fields of TrainConfig / DetectConfig; tests check every name is one.
+RESUME_MAY_CHANGE = frozenset({"workers", "progress", "tensorboard", "max_val_batches", "strict_data", "resume",
+                               "overwrite", "compile"})
+
+
+def resume_help() -> str:
+    """The ``--resume`` help, listing exactly the flags a resume may change."""
+    flag = {"progress": "no-progress"}
+    flags = ", ".join(f"--{flag.get(n, n.replace('_', '-'))}" for n in sorted(RESUME_MAY_CHANGE - {"resume", "overwrite"}))
+    return (f"continue a run from its last.pth, in its folder, with the run's own arguments (only {flags} may "
+            "differ; a larger --epochs extends the run)")
 
 
 @dataclass

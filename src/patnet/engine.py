@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .config import RESUME_MAY_CHANGE
 from .errors import PatnetError
 from .io import atomic_path, read_checkpoint
 
@@ -43,9 +44,6 @@ _log = logging.getLogger(__name__)
 
 LOCK_NAME = ".patnet.lock"
 RUN_FILES = ("last.pth", "best.pth", "log.jsonl", "metrics.json", "args.json")
-# Arguments a resumed run may change: they decide how the run is watched, not what it computes.
-RESUME_MAY_CHANGE = frozenset({"workers", "progress", "tensorboard", "max_val_batches", "strict_data", "resume",
-                               "output", "overwrite", "roi_batch_size_eval", "compile"})
 
 C = TypeVar("C")
 
