@@ -2,7 +2,7 @@
 
     python experiments/nncf_options.py --models patnet_t2,fasternet_t2 --out docs/results/int8_profile
 
-Each model's inference form is exported to ONNX, read by OpenVINO and quantized by ``patnet.quantize.nncf_quantize``
+Each model's inference form is exported to ONNX, read by OpenVINO and quantized by ``patnet.deploy.nncf_quantize``
 with each setting (preset, model type, bias correction) on generated calibration images (speed only), then every
 (model, setting) pair runs at 1 thread, batch 1, 224 px, interleaved, median of ``--iters``.
 """
@@ -17,8 +17,7 @@ import timm
 
 import patnet  # noqa: F401  (registers the models)
 from patnet.bench import environment, generated_calibration
-from patnet.export import export_model
-from patnet.quantize import nncf_quantize
+from patnet.deploy import export_model, nncf_quantize
 
 SETTINGS = {
     "default (performance)": dict(),

@@ -1,7 +1,7 @@
 """Is OpenVINO a faster CPU runtime than ONNX Runtime for PATNet or FasterNet, fp32 or int8?
 
-For each model: the static form exported to ONNX (``patnet.export.export_model``), its ORT QDQ int8 quantization
-(``patnet.quantize.quantize_onnx``) and an NNCF int8 quantization of the OpenVINO model (same generated
+For each model: the static form exported to ONNX (``patnet.deploy.export_model``), its ORT QDQ int8 quantization
+(``patnet.deploy.quantize_onnx``) and an NNCF int8 quantization of the OpenVINO model (same generated
 calibration images), all timed interleaved in one process: ORT fp32, ORT int8, OpenVINO fp32, OpenVINO running the
 QDQ file, OpenVINO + NNCF int8. 1 thread, batch 1, 224 px, random weights (speed only).
 
@@ -21,8 +21,7 @@ import torch
 
 import patnet  # noqa: F401  (registers the models)
 from patnet.bench import environment, generated_calibration
-from patnet.export import export_model, ort_session
-from patnet.quantize import quantize_onnx
+from patnet.deploy import export_model, ort_session, quantize_onnx
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python experiments/profile_int8.py --runtime openvino --models patnet_t2,fasternet_t2 --out docs/results/int8_profile
     python experiments/profile_int8.py --runtime onnxruntime --models patnet_t2,fasternet_t2 --out docs/results/int8_profile
 
-Each model's inference form is exported to ONNX (``patnet.export.export_model``) and quantized the way the bench
+Each model's inference form is exported to ONNX (``patnet.deploy.export_model``) and quantized the way the bench
 quantizes it (OpenVINO: NNCF post-training quantization; ONNX Runtime: static QDQ), on generated calibration images
 (speed only), then run at 1 thread, batch 1, 224 px. Per-node times are summed by (node type, kernel) and written
 as a table per model, with the number of executed nodes (every node costs a dispatch), plus the full per-node list
@@ -21,8 +21,7 @@ import timm
 
 import patnet  # noqa: F401  (registers the models)
 from patnet.bench import environment, generated_calibration
-from patnet.export import export_model, ort_session
-from patnet.quantize import quantize_onnx
+from patnet.deploy import export_model, quantize_onnx
 
 Nodes = List[Tuple[str, str, str, float]]  # (name, node type, kernel, ms per run)
 
@@ -31,7 +30,7 @@ def profile_openvino(onnx_path: Path, calib: List[np.ndarray], runs: int) -> Nod
     import openvino as ov
 
     try:
-        from patnet.quantize import nncf_quantize
+        from patnet.deploy import nncf_quantize
     except ImportError:  # profiling an older checkout (PYTHONPATH=OLD/src) for a before/after pair
         import nncf
 

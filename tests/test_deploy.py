@@ -9,7 +9,7 @@ from timm.utils import reparameterize_model
 
 import patnet
 from patnet.cli import main
-from patnet.export import ExportError, deploy_form, export_model
+from patnet.deploy import ExportError, deploy_form, export_model
 from patnet.model import FusedPatAttnBlock, FusedPatBlock
 
 from conftest import PARITY_FILES, load_parity

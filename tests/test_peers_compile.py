@@ -4,7 +4,7 @@ import timm
 import torch
 
 from patnet import PATNet
-from patnet.export import CompiledModel, ExportError, compiled_form
+from patnet.deploy import CompiledModel, ExportError, compiled_form
 from patnet.peers import TIERS, load_peers, pareto_front
 
 

@@ -1,6 +1,6 @@
 """Speed benchmark by the protocol of ``shared/guides/benchmarking.md`` (FasterNet's, hardened).
 
-CPU: fp32, batch 1, every model in its deployment form (``patnet.export.deploy_form``: PATNet fused, FasterNet's
+CPU: fp32, batch 1, every model in its deployment form (``patnet.deploy.deploy_form``: PATNet fused, FasterNet's
 conv+BN pairs folded by torch.fx), ``torch.inference_mode``, warm-up, then single forwards timed with
 ``time.perf_counter`` with the models interleaved (A, B, A, B, ...) in one process, for each thread count. Reported:
 median and the 10th-90th percentile spread, and the achieved GFLOP/s (2 x multiply-accumulates per second) next to the
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .export import deploy_form
+from .deploy.export import deploy_form
 from .flops import count_flops, count_params
 from .weights import require_models
 
@@ -149,8 +149,8 @@ def _time_interleaved(
 def _export_for_ort(model: nn.Module, img_size: int, tmpdir: Path, name: str, int8: bool,
                     calib: Optional[List[np.ndarray]]) -> Dict[str, Path]:
     """The inference form as fp32 ONNX (verified against PyTorch) and, with ``int8``, its QDQ quantization."""
-    from .export import export_model
-    from .quantize import quantize_onnx
+    from .deploy.export import export_model
+    from .deploy.quantize import quantize_onnx
 
     paths = {"fp32": tmpdir / f"{name}.onnx"}
     export_model(model, paths["fp32"], "onnx", (img_size, img_size))
@@ -201,15 +201,13 @@ def _openvino_request(onnx_path: Path, threads: int, calib: Optional[List[np.nda
     """An OpenVINO CPU infer request for the ONNX file (fp32), or for its NNCF int8 quantization with ``calib``."""
     import openvino as ov
 
-    core = ov.Core()
-    model = core.read_model(str(onnx_path))
-    if calib is not None:
-        from .quantize import nncf_quantize
+    from .deploy.quantize import nncf_quantize
+    from .deploy.runtime import openvino_compiled
 
+    model = ov.Core().read_model(str(onnx_path))
+    if calib is not None:
         model = nncf_quantize(model, calib)
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                 "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})
-    return compiled.create_infer_request()
+    return openvino_compiled(model, threads).create_infer_request()
 
 
 def run_benchmark(
@@ -240,7 +238,8 @@ def run_benchmark(
     import timm
     from tqdm.auto import tqdm
 
-    from .export import _require, compiled_form, ort_session
+    from .deploy.export import compiled_form
+    from .deploy.runtime import ort_session, require as _require
 
     require_models(*models)
     runtimes = ["eager" if r == "torch" else r for r in runtimes]
@@ -264,7 +263,7 @@ def run_benchmark(
         if calib is None:
             calib_batches = generated_calibration(img_size)
         else:
-            from .quantize import Preprocess, image_batches
+            from .deploy.runtime import Preprocess, image_batches
 
             calib_batches = None  # per model: each model's own eval transform
 

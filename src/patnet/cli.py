@@ -77,7 +77,7 @@ def _load_for_export(args: argparse.Namespace):
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_model
+    from .deploy.export import export_model
 
     model = _load_for_export(args)
     report = export_model(model, args.out, args.format, tuple(args.img_size), args.dynamic_batch, args.opset,
@@ -159,17 +159,18 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from .quantize import quantize_model
+    from .deploy.quantize import quantize_model
 
     model = _load_for_export(args)
     report = quantize_model(
         model, args.out, args.calib, name=args.model, img_size=args.img_size, crop_pct=args.crop_pct,
         method=args.method, calib_images=args.calib_images, eval_images=args.eval_images, max_drop=args.max_drop,
-        seed=args.seed,
+        seed=args.seed, runtime=args.runtime,
     )
     acc = (f"top-1 fp32 {report.top1_fp32:.2f}% -> int8 {report.top1_int8:.2f}% (drop {report.drop:.2f} points), "
            if report.top1_fp32 is not None else "")
-    print(f"wrote {report.path} (int8 QDQ, {report.img_size[0]}x{report.img_size[1]}, {report.method} calibration on "
+    kind = "int8 OpenVINO IR (NNCF)" if report.runtime == "openvino" else "int8 QDQ ONNX"
+    print(f"wrote {report.path} ({kind}, {report.img_size[0]}x{report.img_size[1]}, {report.method} calibration on "
           f"{report.calib_images} images); on {report.eval_images} held-out images: {acc}top-1 agreement with fp32 "
           f"{report.top1_agreement:.2f}%; report {Path(report.path).with_suffix('.json')}")
     return 0
@@ -178,12 +179,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _add_quantize(sub: argparse._SubParsersAction) -> None:
     from .config import CALIBRATION_METHODS, DEFAULT_MAX_DROP
 
-    p = sub.add_parser("quantize", help="int8 ONNX (QDQ) of any model, calibrated and verified on real images",
+    p = sub.add_parser("quantize", help="int8 ONNX (QDQ) or OpenVINO IR of any model, calibrated and verified",
                        description="Export the model's inference form, calibrate on --calib images (train split), "
-                                   "quantize with ONNX Runtime (per-channel int8 weights, uint8 activations) and "
-                                   "verify on held-out val images; beyond --max-drop nothing is written.")
+                                   "quantize for --runtime (ONNX Runtime QDQ: per-channel int8 weights, uint8 "
+                                   "activations; OpenVINO: NNCF) and verify on held-out val images; beyond "
+                                   "--max-drop nothing is written.")
     p.add_argument("model", help="registered model name, e.g. patnet_t0 or fasternet_t0")
-    p.add_argument("out", type=Path, help="output .onnx file (the report goes next to it as .json)")
+    p.add_argument("out", type=Path, help="output .onnx (onnxruntime) or .xml (openvino, with its .bin); the "
+                                          "report goes next to it as .json")
+    p.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                   help="int8 runtime (default %(default)s; openvino is the fastest on Intel CPUs with AMX)")
     p.add_argument("--checkpoint", type=Path, help="weights: ours (.safetensors/.pth) or the authors' layout")
     p.add_argument("--num-classes", type=int, help="classes (default: read from the checkpoint, else 1000)")
     p.add_argument("--calib", required=True, help="data as for patnet train --data (fashion-mnist, a folder, ...)")
@@ -296,9 +301,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if args.onnx is not None:
         if args.checkpoint is not None:
             raise ValueError("give either --onnx or --checkpoint, not both")
-        from .quantize import evaluate_onnx
+        from .deploy.runtime import evaluate_file
 
-        res = evaluate_onnx(args.onnx, args.data, args.batch_size, max_images=args.max_images,
+        res = evaluate_file(args.onnx, args.data, args.batch_size, max_images=args.max_images,
                             img_size=args.img_size, crop_pct=args.crop_pct)
         print(json.dumps(res, indent=2))
         if args.output is not None:
@@ -324,7 +329,8 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="registered model name (with --checkpoint)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--checkpoint", type=Path, help="best.pth/last.pth, .safetensors or authors' .pth")
-    p.add_argument("--onnx", type=Path, help="evaluate an exported fp32 or int8 ONNX file with ONNX Runtime instead")
+    p.add_argument("--onnx", type=Path, help="evaluate an exported fp32 or int8 file instead: .onnx (ONNX Runtime) or "
+                                             ".xml (an OpenVINO IR)")
     p.add_argument("--act", choices=["gelu", "relu"], help="activation of an authors' checkpoint, if not the variant's")
     p.add_argument("--img-size", type=int, help="eval size (default 64; an ONNX file's own size)")
     p.add_argument("--crop-pct", type=float, help="eval centre-crop fraction (default 0.9; an ONNX file's own)")

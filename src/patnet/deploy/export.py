@@ -20,12 +20,14 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .errors import PatnetError
-from .io import atomic_path, check_writable
+from ..config import DEFAULT_TOLERANCE, ONNX_OPSET
+from ..errors import PatnetError
+from ..io import atomic_path, check_writable
+from .runtime import Preprocess, ort_session, require, write_preprocess
 
-__all__ = ["deploy_form", "compiled_form", "CompiledModel", "export_model", "ort_session", "ExportReport", "ExportError", "ONNX_OPSET"]
+__all__ = ["deploy_form", "compiled_form", "CompiledModel", "export_model", "export_onnx_file", "ExportReport",
+           "ExportError"]
 
-from .config import DEFAULT_TOLERANCE, ONNX_OPSET  # noqa: F401
 
 _log = logging.getLogger(__name__)
 
@@ -117,13 +119,6 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
-def _require(module: str, extra: str = "deploy") -> None:
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise ImportError(f"{module} is not installed: pip install 'patnet[{extra}]'")
-
-
 def export_onnx_file(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool, opset: int) -> None:
     """Write ``model`` traced on ``example`` as ONNX (no verification; ``export_model`` verifies).
 
@@ -132,8 +127,8 @@ def export_onnx_file(model: nn.Module, example: torch.Tensor, path: Path, dynami
     the TorchScript exporter is pinned (the inference form's Convs quantize cleanly from it), and ``export_model``
     verifies every batch size the file claims to accept before it exists under its name.
     """
-    _require("onnx")
-    _require("onnxscript")
+    require("onnx")
+    require("onnxscript")
     kwargs = {}
     if dynamic_batch:
         kwargs["dynamic_axes"] = {"input": {0: "batch"}, "output": {0: "batch"}}
@@ -143,24 +138,6 @@ def export_onnx_file(model: nn.Module, example: torch.Tensor, path: Path, dynami
             model, (example,), str(path), input_names=["input"], output_names=["output"], opset_version=opset,
             dynamo=False, **kwargs,
         )
-
-
-def ort_session(path: Union[str, Path], threads: int = 0):
-    """An ONNX Runtime CPU session with the settings every measurement here uses.
-
-    ``threads`` intra-op threads (0: ONNX Runtime's default), one inter-op thread, all graph optimisations, and
-    no spinning: ORT's pool otherwise spins after each run and steals the cores from whatever runs next.
-    """
-    _require("onnxruntime")
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -209,7 +186,7 @@ def export_model(
     if fmt not in ("onnx", "torchscript"):
         raise ValueError(f"unknown export format {fmt!r}; use 'onnx' or 'torchscript'")
     if fmt == "onnx":
-        _require("onnxruntime")
+        require("onnxruntime")
     if len(img_size) != 2 or min(img_size) < 1:
         raise ValueError(f"image size must be two positive numbers (H W), got {list(img_size)}")
     if fmt == "onnx" and not 14 <= opset <= MAX_OPSET:
@@ -239,8 +216,6 @@ def export_model(
             with torch.no_grad():
                 if fmt == "onnx":
                     export_onnx_file(deploy, example, tmp, dynamic_batch, opset)
-                    from .quantize import Preprocess, write_preprocess
-
                     arch = str(getattr(model, "pretrained_cfg", {}).get("architecture", ""))
                     write_preprocess(tmp, Preprocess.for_model(model, arch, img_size))
                     run = lambda x: _run_onnx(tmp, x)  # noqa: E731
