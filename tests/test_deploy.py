@@ -10,7 +10,7 @@ from timm.utils import reparameterize_model
 import patnet
 from patnet.cli import main
 from patnet.deploy import ExportError, deploy_form, export_model
-from patnet.model import FusedPatAttnBlock, FusedPatBlock
+from patnet.models.patnet import FusedPatAttnBlock, FusedPatBlock
 
 from conftest import PARITY_FILES, load_parity
 
@@ -30,7 +30,7 @@ def _randomise_bn(model):
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.weight.data.copy_(torch.randn(m.num_features, generator=g) * 0.5 + 1)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-        if isinstance(m, patnet.model.EuclideanRelPosBias):
+        if isinstance(m, patnet.models.patnet.EuclideanRelPosBias):
             m.bias_table.data.normal_(generator=g)
     return model
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import patnet
-from patnet.model import (
+from patnet.models.patnet import (
     EuclideanRelPosBias,
     PartialChannelAttention,
     PartialSelfAttention,

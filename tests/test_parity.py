@@ -124,7 +124,7 @@ def test_overrides_that_do_not_touch_weights_apply():
 
 
 def test_truncated_file_is_a_clear_error(tmp_path):
-    src = patnet.model.__file__  # any non-checkpoint bytes
+    src = patnet.models.patnet.__file__  # any non-checkpoint bytes
     bad = tmp_path / "bad.pth"
     bad.write_bytes(open(src, "rb").read()[:100])
     with pytest.raises(ValueError, match="cannot read checkpoint"):

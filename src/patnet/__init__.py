@@ -28,7 +28,7 @@ _PUBLIC = {"PATNet": "models.patnet", "VARIANTS": "models.patnet", "from_officia
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
         return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
-    if name in ("model", "models", "weights"):  # submodules, when registration was deferred
+    if name in ("models", "weights", "deploy"):  # submodules, when registration was deferred
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -42,4 +42,4 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 # Registering with timm imports torch and timm (seconds). Only the ``patnet`` command's launcher (``patnet_cli``)
 # defers it, so that ``patnet --help`` / ``--version`` answer at once; its commands register before they run.
 if not getattr(sys.modules.get("patnet_cli"), "DEFER_REGISTRATION", False):
-    from . import model  # noqa: F401,E402  (``patnet.model``: the network module under its first name)
+    from . import models  # noqa: F401,E402  (registers patnet_t0 .. patnet_l with timm)

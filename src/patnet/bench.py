@@ -31,8 +31,8 @@ from .deploy.export import deploy_form
 from .flops import count_flops, count_params
 from .weights import require_models
 
-__all__ = ["BenchRow", "run_benchmark", "matmul_peak_gflops", "environment", "write_results", "plot_results",
-           "format_table"]
+__all__ = ["BenchRow", "run_benchmark", "matmul_peak_gflops", "environment", "cpu_features", "machine_line",
+           "write_results", "plot_results", "format_table"]
 
 _log = logging.getLogger(__name__)
 
@@ -113,6 +113,14 @@ def environment() -> Dict[str, Any]:
         except ImportError:
             pass
     return env
+
+
+def machine_line(env: Dict[str, Any]) -> str:
+    """One line naming the machine, its int8/bf16 ISA flags, the library versions and the date of a result."""
+    flags = ", ".join(env.get("cpu_features") or []) or "no int8/bf16 ISA flags read"
+    libs = ", ".join(f"{k} {env[k]}" for k in ("torch", "timm", "onnxruntime", "openvino", "nncf", "python")
+                     if env.get(k))
+    return f"machine: {env['cpu']} ({env['logical_cpus']} logical CPUs; {flags}); {libs}; {env['date']}"
 
 
 # The ISA extensions that decide int8 and bf16 speed on x86 CPUs (Linux /proc/cpuinfo flag names).
@@ -439,8 +447,7 @@ def write_results(results: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
             w.writerows(flat)
     with atomic_path(paths["md"]) as tmp:
         env = results["environment"]
-        tmp.write_text(format_table(results) + f"\n\nmachine: {env['cpu']} ({env['logical_cpus']} logical CPUs); "
-                       f"torch {env['torch']}, timm {env['timm']}, python {env['python']}; {env['date']}\n")
+        tmp.write_text(format_table(results) + f"\n\n{machine_line(env)}\n")
     plot_results(results, paths["png"])
     return paths
 

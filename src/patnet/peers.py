@@ -136,6 +136,8 @@ def run_peers(
 
 def format_peers(summary: Dict[str, Any]) -> str:
     """Markdown: one table per tier (latency per runtime, 1st thread count), frontier membership marked."""
+    from .bench import machine_line
+
     runtimes = summary["settings"]["runtimes"]
     key = f"{summary['settings']['threads'][0]}t"
     lines = []
@@ -164,9 +166,7 @@ def format_peers(summary: Dict[str, Any]) -> str:
     env = summary["environment"]
     lines.append("`*`: on the latency / top-1 Pareto frontier of that runtime (all tiers together); (d): the "
                  "published figure was trained with distillation. Sources: `src/patnet/resources/imagenet_top1.csv`.")
-    lines.append(f"\nmachine: {env['cpu']} ({env['logical_cpus']} logical CPUs); torch {env['torch']}, timm "
-                 f"{env['timm']}, onnxruntime {env.get('onnxruntime', '-')}, python {env['python']}; {env['date']}; "
-                 f"matmul peaks per tier {summary['matmul_peak_gflops']}\n")
+    lines.append(f"\n{machine_line(env)}; matmul peaks per tier {summary['matmul_peak_gflops']}\n")
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ Every module here computes exactly what the authors' module computes (the parity
 """
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
@@ -61,6 +62,8 @@ __all__ = [
     "PATNet",
     "VARIANTS",
     "checkpoint_filter_fn",
+    "official_to_patnet",
+    "patnet_to_official",
 ]
 
 # iRPE "euclidean" bucketing constants used by every released PATNet configuration.
@@ -910,12 +913,125 @@ class PATNet(nn.Module):
 # Variants, pretrained configs and registration
 # ---------------------------------------------------------------------------------------------------------------
 
+# Key suffixes inside one block, (authors', ours). Used in both directions, so a round trip cannot drift.
+_BLOCK_KEYS: Tuple[Tuple[str, str], ...] = (
+    ("spatial_mixing.partial_conv3.", "mixer.conv."),
+    ("spatial_mixing.attn.cfc1.", "mixer.gate_conv."),
+    ("spatial_mixing.attn.bn.", "mixer.gate_bn."),
+    ("spatial_mixing.attn.qkv.", "mixer.qkv."),
+    ("spatial_mixing.attn.proj.", "mixer.proj."),
+    ("spatial_mixing.attn.rpe_k.lookup_table_bias", "mixer.rel_pos.bias_table"),
+    ("spatial_mixing.norm.", "mixer.norm."),
+    ("mlp.0.", "mlp.fc1."),
+    ("mlp.1.", "mlp.norm."),
+    ("mlp.3.", "mlp.fc2."),
+    ("mlp.4.conv_attn.", "mlp.spatial.attn_conv."),
+    ("mlp.4.norm.", "mlp.spatial.attn_norm."),
+    ("mlp.4.norm2.", "mlp.spatial.conv_norm."),
+    ("mlp.4.conv.", "mlp.spatial.conv."),
+)
+# Keys outside the stages, (authors', ours).
+_TOP_KEYS: Tuple[Tuple[str, str], ...] = (
+    ("patch_embed.proj.", "stem.conv."),
+    ("patch_embed.norm.", "stem.bn."),
+    ("avgpool_pre_head.1.", "conv_head."),
+    ("head.", "classifier."),
+)
+_OFFICIAL_STAGE = re.compile(r"^stages\.(\d+)\.(.*)$")
+_OURS_STAGE = re.compile(r"^stages\.(\d+)\.(downsample|blocks)\.(.*)$")
+
+
+def _swap_prefix(key: str, table: Sequence[Tuple[str, str]], reverse: bool) -> Optional[str]:
+    for theirs, ours in table:
+        src, dst = (ours, theirs) if reverse else (theirs, ours)
+        if key.startswith(src):
+            return dst + key[len(src):]
+    return None
+
+
+def _official_key_to_ours(key: str) -> Optional[str]:
+    m = _OFFICIAL_STAGE.match(key)
+    if m is None:
+        return _swap_prefix(key, _TOP_KEYS, reverse=False)
+    index, rest = int(m.group(1)), m.group(2)
+    if index % 2:  # merges sit between stages: stages.1 / .3 / .5 are the downsamples of our stages 1 / 2 / 3
+        for theirs, ours in (("reduction.", "conv."), ("norm.", "bn.")):
+            if rest.startswith(theirs):
+                return f"stages.{(index + 1) // 2}.downsample.{ours}{rest[len(theirs):]}"
+        return None
+    bm = re.match(r"^blocks\.(\d+)\.(.*)$", rest)
+    if bm is None:
+        return None
+    suffix = _swap_prefix(bm.group(2), _BLOCK_KEYS, reverse=False)
+    return None if suffix is None else f"stages.{index // 2}.blocks.{bm.group(1)}.{suffix}"
+
+
+def _our_key_to_official(key: str) -> Optional[str]:
+    m = _OURS_STAGE.match(key)
+    if m is None:
+        return _swap_prefix(key, _TOP_KEYS, reverse=True)
+    index, part, rest = int(m.group(1)), m.group(2), m.group(3)
+    if part == "downsample":
+        for theirs, ours in (("reduction.", "conv."), ("norm.", "bn.")):
+            if rest.startswith(ours):
+                return f"stages.{2 * index - 1}.{theirs}{rest[len(ours):]}"
+        return None
+    bm = re.match(r"^(\d+)\.(.*)$", rest)
+    if bm is None:
+        return None
+    suffix = _swap_prefix(bm.group(2), _BLOCK_KEYS, reverse=True)
+    return None if suffix is None else f"stages.{2 * index}.blocks.{bm.group(1)}.{suffix}"
+
+
+def _rename(state_dict: Mapping[str, torch.Tensor], fn: Callable[[str], Optional[str]], what: str) -> Dict[str, torch.Tensor]:
+    out: Dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        new = fn(key)
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = value
+    if unknown:
+        raise KeyError(f"{len(unknown)} key(s) are not part of a {what} PATNet state dict: {sorted(unknown)[:8]}")
+    return out
+
+
+def official_to_patnet(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename an authors'-layout state dict to this package's layout (tensors are shared, not copied)."""
+    return _rename(state_dict, _official_key_to_ours, "authors'-layout")
+
+
+def patnet_to_official(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename a state dict of this package to the authors' layout (the inverse of ``official_to_patnet``)."""
+    return _rename(state_dict, _our_key_to_official, "patnet-layout")
+
+
+def is_official_layout(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a state dict uses the authors' key layout (their stem and head names)."""
+    return any(k.startswith("patch_embed.") or k.startswith("avgpool_pre_head.") for k in state_dict)
+
+
+def unwrap_state_dict(obj: Any) -> Dict[str, torch.Tensor]:
+    """Find the state dict inside a checkpoint object and strip wrapper prefixes (Lightning's ``model.``, DDP's
+    ``module.``)."""
+    for key in ("state_dict", "model", "model_state", "state_dict_ema"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError("checkpoint holds no state dict: expected tensors by name, or a 'state_dict'/'model' entry")
+    state = dict(obj)
+    for prefix in ("model.", "module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """timm pretrained filter: accepts our layout or the authors' (converted on the fly)."""
-    from ..weights import _is_official_layout, _unwrap, official_to_patnet
-
-    sd = _unwrap(state_dict)
-    return official_to_patnet(sd) if _is_official_layout(sd) else sd
+    sd = unwrap_state_dict(state_dict)
+    return official_to_patnet(sd) if is_official_layout(sd) else sd
 
 
 # The authors' released configurations (see the spec's variant table). Every consumer refers to these by name.
@@ -1001,19 +1117,3 @@ def patnet_m(pretrained: bool = False, **kwargs: Any) -> PATNet:
 def patnet_l(pretrained: bool = False, **kwargs: Any) -> PATNet:
     """PATNet-L: C=160, depths 2-3-20-4, ReLU, 100.6 M params, 11.9 GFLOPs."""
     return _create_patnet("patnet_l", pretrained, **kwargs)
-
-
-# The file loaders and layout conversion live in ``patnet.weights``; these names stay reachable from here (and so
-# from ``patnet.model``) for code written against the first layout.
-_MOVED_TO_WEIGHTS = frozenset({
-    "from_official", "official_to_patnet", "patnet_to_official", "load_official_state_dict", "load_model",
-    "load_strict", "check_config_fits", "create_from_checkpoint", "require_models",
-})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_WEIGHTS:
-        from .. import weights
-
-        return getattr(weights, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
