@@ -79,6 +79,21 @@ def test_small_training_run_writes_everything(idx_data, tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
+def test_auto_recipe_fits_the_run_and_is_saved_resolved(tmp_path, caplog):
+    from patnet.config import auto_recipe
+
+    assert [auto_recipe(e) for e in (2, 49, 50, 300)] == ["short", "short", "paper", "paper"]
+    data = make_idx_dataset(tmp_path / "idx", n_train=48, n_val=24)
+    cfg = TrainConfig(model="patnet_t0", data=str(data), output=str(tmp_path / "run"), epochs=1, batch_size=16,
+                      img_size=32, workers=0, progress=False)
+    assert cfg.recipe == "auto"
+    with caplog.at_level("INFO", logger="patnet"):
+        train(cfg)
+    assert "recipe: short (--recipe auto: 1 epochs, below the paper recipe's 50" in caplog.text
+    saved = json.loads((tmp_path / "run" / "args.json").read_text())
+    assert saved["recipe"] == "short" and saved["resolved"]["mixup"] == 0.0
+
+
 def test_recipe_defaults():
     r = T._resolve(TrainConfig(model="patnet_t2", batch_size=256, epochs=300), T.recipe_for("patnet_t2"), world=1)
     assert r["lr"] == pytest.approx(0.001 * 256 / 1024) and r["weight_decay"] == 0.02

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .config import resume_help
+from .config import AUTO_PAPER_EPOCHS, resume_help
 from .errors import PatnetError
 
 __all__ = ["main", "build_parser"]
@@ -270,8 +270,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-train-batches", type=int, help="cap the batches of each epoch")
     g.add_argument("--max-val-batches", type=int, help="cap the validation batches")
     g = p.add_argument_group("recipe overrides (default: the variant's row of the paper's recipe)")
-    g.add_argument("--recipe", choices=["paper", "short"], default=d.recipe,
-                   help="paper: the authors' recipe by size; short: for small data and a few epochs (no mixup, "
+    g.add_argument("--recipe", choices=["auto", "paper", "short"], default=d.recipe,
+                   help=f"auto: short below {AUTO_PAPER_EPOCHS} epochs, else paper; paper: the authors' recipe by "
+                        "size (made for 300 ImageNet epochs); short: for small data and a few epochs (no mixup, "
                         "cutmix or RandAugment, lr 2e-3 at batch 128, crops 0.7-1.0) (default %(default)s)")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--mixup", type=float)

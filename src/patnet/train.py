@@ -25,7 +25,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from .config import RECIPE_NAMES, TrainConfig  # noqa: F401  (also this module's public names)
+from .config import AUTO_PAPER_EPOCHS, RECIPE_NAMES, TrainConfig, auto_recipe  # noqa: F401  (public here too)
 from .data import (
     SplitView, build_dataset, build_transform, collate_skip_bad, dataset_labels, holdout_indices, resolve_dataset,
 )
@@ -215,15 +215,20 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     """
     d = init_distributed()
     cfg, resume_state = load_resume(cfg, TrainConfig(), "patnet train")
-    if cfg.recipe == "short":  # its crops, unless given
-        defaults = TrainConfig()
-        cfg = replace(cfg, scale=SHORT_SCALE if tuple(cfg.scale) == tuple(defaults.scale) else cfg.scale,
-                      crop_pct=SHORT_CROP_PCT if cfg.crop_pct == defaults.crop_pct else cfg.crop_pct)
     _check_config(cfg)
     from .weights import require_models
 
     require_models(cfg.model)  # an unknown name is the first and only message
     resolve_dataset(cfg.data)  # a bad --data fails before the output folder is created
+    if cfg.recipe == "auto":  # resolved once and saved as such, so a resume (or an extension) keeps it
+        cfg = replace(cfg, recipe=auto_recipe(cfg.epochs))
+        _log.info("recipe: %s (--recipe auto: %s; name --recipe paper|short to choose)", cfg.recipe,
+                  f"{cfg.epochs} epochs, below the paper recipe's {AUTO_PAPER_EPOCHS}" if cfg.recipe == "short"
+                  else f"{cfg.epochs} epochs, enough for the paper's recipe")
+    if cfg.recipe == "short":  # its crops, unless given
+        defaults = TrainConfig()
+        cfg = replace(cfg, scale=SHORT_SCALE if tuple(cfg.scale) == tuple(defaults.scale) else cfg.scale,
+                      crop_pct=SHORT_CROP_PCT if cfg.crop_pct == defaults.crop_pct else cfg.crop_pct)
     with RunFolder(Path(cfg.output), resume=resume_state is not None, overwrite=cfg.overwrite,
                    enabled=d.main) as folder:
         return _train(cfg, d, resume_state, folder)
