@@ -174,3 +174,30 @@ def test_resume_rules_name_real_options_and_the_help_lists_them(capsys):
         main(["train", "--help"])
     shown = "".join(capsys.readouterr().out.split())  # argparse wraps (and breaks words at hyphens)
     assert "".join(resume_help().split()) in shown and "--no-progress" in resume_help()
+
+
+def test_no_command_writes_over_its_own_input(idx_data, tmp_path, capsys):
+    from conftest import load_parity
+
+    d = load_parity("patnet_t0_official_cfg.pt")
+    official = tmp_path / "official.pth"
+    torch.save({"state_dict": d["state_dict"]}, official)
+    before = official.read_bytes()
+    cases = [
+        ["export", "patnet_t0", str(official), "--checkpoint", str(official), "--img-size", "64", "64"],
+        ["convert", str(official), str(official), "--act", "gelu"],
+        ["convert", str(official), str(tmp_path / "." / "official.pth"), "--act", "gelu"],
+        ["quantize", "patnet_t0", str(tmp_path / "official.onnx"), "--checkpoint", str(tmp_path / "official.json"),
+         "--calib", str(idx_data)],
+    ]
+    (tmp_path / "official.json").write_bytes(before)
+    for argv in cases:
+        assert main(argv) == 2, argv
+        assert "also this command's input" in capsys.readouterr().err
+    assert official.read_bytes() == before and (tmp_path / "official.json").read_bytes() == before
+    run = tmp_path / "run"
+    train(_cfg(idx_data, run, epochs=1))
+    metrics = (run / "metrics.json").read_text()
+    assert main(["validate", "--model", "patnet_t0", "--checkpoint", str(run / "best.pth"), "--data", str(idx_data),
+                 "--img-size", "32", "--output", str(run)]) == 2
+    assert "holds a training run" in capsys.readouterr().err and (run / "metrics.json").read_text() == metrics

@@ -32,8 +32,10 @@ def _is_rank0() -> bool:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .io import load_weights, save_weights
     from .models.patnet import PATNet
+    from .io import check_not_inputs
     from .weights import check_config_fits, from_official, load_strict, patnet_to_official
 
+    check_not_inputs([args.out], {"SRC": args.src})
     if args.to == "patnet":
         model = from_official(args.src, act_layer=args.act)
         save_weights(model.state_dict(), args.out, config=model.arch_args)
@@ -78,7 +80,9 @@ def _load_for_export(args: argparse.Namespace):
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .deploy.export import export_model
+    from .io import check_not_inputs
 
+    check_not_inputs([args.out], {"--checkpoint": args.checkpoint})
     model = _load_for_export(args)
     report = export_model(model, args.out, args.format, tuple(args.img_size), args.dynamic_batch, args.opset,
                           args.tolerance, progress=True)
@@ -160,7 +164,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from .deploy.quantize import quantize_model
+    from .io import check_not_inputs
 
+    out = Path(args.out)
+    check_not_inputs([out, out.with_suffix(".json"), out.with_suffix(".bin")], {"--checkpoint": args.checkpoint})
     model = _load_for_export(args)
     report = quantize_model(
         model, args.out, args.calib, name=args.model, img_size=args.img_size, crop_pct=args.crop_pct,
@@ -299,6 +306,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    if args.output is not None and (Path(args.output) / "last.pth").exists():
+        raise ValueError(f"--output {args.output} holds a training run, whose metrics.json is the run's own; write "
+                         "the evaluation to another folder")
     if args.onnx is not None:
         if args.checkpoint is not None:
             raise ValueError("give either --onnx or --checkpoint, not both")

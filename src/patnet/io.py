@@ -7,11 +7,11 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["atomic_path", "atomic_files", "fsync_path", "save_weights", "load_weights", "read_checkpoint",
+__all__ = ["atomic_path", "atomic_files", "fsync_path", "check_not_inputs", "save_weights", "load_weights", "read_checkpoint",
            "check_writable"]
 
 PathLike = Union[str, Path]
@@ -29,6 +29,25 @@ def check_writable(path: PathLike) -> Path:
     if path.is_dir():
         raise OSError(f"{path} is a folder; give a file name")
     return path
+
+
+def check_not_inputs(outputs: Sequence[Optional[PathLike]], inputs: Mapping[str, Optional[PathLike]]) -> None:
+    """Refuse, in one line, a command whose output would replace one of its own inputs (``inputs``: flag -> path).
+
+    Compared as resolved paths (and as the same file where both exist, so a hard link or ``./x`` is caught).
+    """
+    for out in outputs:
+        if out is None:
+            continue
+        o = Path(out)
+        for flag, given in inputs.items():
+            if given is None:
+                continue
+            i = Path(given)
+            same = o.resolve() == i.resolve() or (o.exists() and i.exists() and os.path.samefile(o, i))
+            if same:
+                raise ValueError(f"{o} is also this command's input ({flag}); writing it would destroy the input: "
+                                 "choose another output file")
 
 
 # What a failed write means to the user; the message says the previous file is unchanged (it is).
