@@ -201,3 +201,25 @@ def test_no_command_writes_over_its_own_input(idx_data, tmp_path, capsys):
     assert main(["validate", "--model", "patnet_t0", "--checkpoint", str(run / "best.pth"), "--data", str(idx_data),
                  "--img-size", "32", "--output", str(run)]) == 2
     assert "holds a training run" in capsys.readouterr().err and (run / "metrics.json").read_text() == metrics
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--clip-grad", "-1", "--clip-grad must be a finite number >= 0"),
+    ("--model-ema-decay", "5", "--model-ema-decay must be in (0, 1)"),
+    ("--smoothing", "1", "--smoothing must be below 1"),
+    ("--min-lr", "nan", "--min-lr must be a finite number >= 0"),
+    ("--max-train-batches", "-1", "--max-train-batches must be at least 1"),
+    ("--max-val-batches", "0", "--max-val-batches must be at least 1"),
+    ("--workers", "-2", "--workers must be 0 or more"),
+])
+def test_silent_wrong_training_flags_are_refused_before_any_work(tmp_path, capsys, flag, value, message):
+    out = tmp_path / "o"
+    assert main(["train", "--output", str(out), flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not out.exists()
+
+
+def test_workers_are_capped_to_the_cores(idx_data, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="patnet"):
+        train(_cfg(idx_data, tmp_path / "run", epochs=1, workers=64, max_train_batches=1, max_val_batches=1))
+    assert "--workers 64 capped to the" in caplog.text

@@ -13,6 +13,8 @@ generator is reseeded from (seed, epoch, rank) at the start of each epoch, so ``
 continues bit-for-bit as the uninterrupted run would on the same machine and thread count.
 """
 import json
+import math
+import os
 import logging
 import time
 from dataclasses import asdict, replace
@@ -164,6 +166,10 @@ def _loader(ds: Dataset, batch: int, training: bool, d: _Dist, workers: int, see
             sampler = list(range(d.rank, len(ds), d.world))
     else:
         sampler = RandomSampler(ds, generator=g) if training else SequentialSampler(ds)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > cores:  # more loader processes than cores only costs memory and forks
+        _log.info("--workers %d capped to the %d cores this process may use", workers, cores)
+        workers = cores
     return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate_skip_bad,
                       drop_last=training, generator=g, pin_memory=d.device.type == "cuda")
 
@@ -246,6 +252,24 @@ def _check_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and not 0 <= v <= (1 if name != "mixup" and name != "cutmix" else 10):
             raise ValueError(f"--{name.replace('_', '-')} out of range: {v}")
+    if cfg.smoothing is not None and not cfg.smoothing < 1:
+        raise ValueError(f"--smoothing must be below 1 (1 leaves no signal in the targets), got {cfg.smoothing}")
+    for name in ("lr", "weight_decay", "min_lr", "warmup_epochs", "clip_grad"):
+        v = getattr(cfg, name)  # NaN fails every comparison, so `not v >= 0` also refuses it
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+    if cfg.lr is not None and cfg.lr == 0:
+        raise ValueError("--lr must be above 0")
+    if not 0 < cfg.model_ema_decay < 1:
+        raise ValueError(f"--model-ema-decay must be in (0, 1), e.g. 0.9998, got {cfg.model_ema_decay}")
+    for name in ("max_train_batches", "max_val_batches"):
+        v = getattr(cfg, name)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    if cfg.workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {cfg.workers}")
+    if cfg.batch_size < 2:
+        raise ValueError("--batch-size must be at least 2 (PATNet's channel gate uses BatchNorm over the batch)")
     if cfg.val_split is not None and not 0 < cfg.val_split < 1:
         raise ValueError(f"--val-split must be a fraction between 0 and 1, got {cfg.val_split}")
     if cfg.img_size < 32:
