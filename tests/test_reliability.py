@@ -223,3 +223,22 @@ def test_workers_are_capped_to_the_cores(idx_data, tmp_path, caplog):
     with caplog.at_level("INFO", logger="patnet"):
         train(_cfg(idx_data, tmp_path / "run", epochs=1, workers=64, max_train_batches=1, max_val_batches=1))
     assert "--workers 64 capped to the" in caplog.text
+
+
+def test_process_group_timeout_is_set_and_stated(monkeypatch):
+    import patnet.engine as E
+
+    seen = {}
+    monkeypatch.setattr(E.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(E.dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
+    monkeypatch.setattr(E.torch.cuda, "is_available", lambda: False)
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    E.init_distributed()
+    assert seen["backend"] == "gloo" and seen["timeout"].total_seconds() == E.DIST_TIMEOUT_SECONDS == 600
+    monkeypatch.setenv("PATNET_DIST_TIMEOUT", "45")
+    E.init_distributed()
+    assert seen["timeout"].total_seconds() == 45
+    monkeypatch.setenv("PATNET_DIST_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="PATNET_DIST_TIMEOUT must be a number of seconds"):
+        E.init_distributed()

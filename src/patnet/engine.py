@@ -146,8 +146,28 @@ def init_distributed() -> _Dist:
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=dist_timeout_seconds()))
     return _Dist(rank, world, local, device)
+
+
+# How long a rank waits for the others at a collective before the run fails (torch's gloo default is 30 minutes):
+# long enough for rank 0 to write a checkpoint and run an evaluation pass, short enough that a stopped or hung
+# rank ends the run in minutes. PATNET_DIST_TIMEOUT (seconds) overrides it for runs whose epochs need longer.
+DIST_TIMEOUT_SECONDS = 600
+
+
+def dist_timeout_seconds() -> float:
+    """The process-group timeout in seconds (``DIST_TIMEOUT_SECONDS`` unless ``PATNET_DIST_TIMEOUT`` is set)."""
+    raw = os.environ.get("PATNET_DIST_TIMEOUT")
+    if raw is None:
+        return float(DIST_TIMEOUT_SECONDS)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"PATNET_DIST_TIMEOUT must be a number of seconds above 0, got {raw!r}")
+    return value
 
 
 def all_sum(values: Sequence[float], d: _Dist) -> List[float]:
