@@ -247,7 +247,7 @@ def run_benchmark(
     from tqdm.auto import tqdm
 
     from .deploy.export import compiled_form
-    from .deploy.runtime import ort_session, require as _require
+    from .deploy.runtime import ort_session, require
 
     require_models(*models)
     runtimes = ["eager" if r == "torch" else r for r in runtimes]
@@ -259,11 +259,11 @@ def run_benchmark(
     use_ov = any(r.startswith("openvino") for r in runtimes)
     use_ort = use_ov or any(r.startswith("onnxruntime") for r in runtimes)
     if use_ort:
-        _require("onnxruntime")
+        require("onnxruntime")
     if use_ov:
-        _require("openvino", "openvino")
+        require("openvino", "openvino")
         if "openvino-int8" in runtimes:
-            _require("nncf", "openvino")
+            require("nncf", "openvino")
     gpu = torch.cuda.is_available() if gpu is None else gpu
     calib_batches: Optional[List[np.ndarray]] = None
     int8 = "onnxruntime-int8" in runtimes or "openvino-int8" in runtimes

@@ -353,8 +353,6 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
 
     out = Path(cfg.output)
     _check_config(cfg)
-    if cfg.batch_size < 2:
-        raise ValueError("--batch-size must be at least 2 (PATNet's channel gate uses BatchNorm over the batch)")
     schedule = parse_size_schedule(cfg.img_size_schedule, cfg.img_size)
     info = resolve_dataset(cfg.data)
     recipe = recipe_for(cfg.model, cfg.recipe)

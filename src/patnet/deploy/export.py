@@ -23,7 +23,7 @@ import torch.nn as nn
 from ..config import DEFAULT_TOLERANCE, ONNX_OPSET
 from ..errors import PatnetError
 from ..io import atomic_path, check_writable
-from .runtime import Preprocess, ort_session, require, write_preprocess
+from .runtime import ModelRunner, Preprocess, require, write_preprocess
 
 __all__ = ["deploy_form", "compiled_form", "CompiledModel", "export_model", "export_onnx_file", "ExportReport",
            "ExportError"]
@@ -140,10 +140,6 @@ def export_onnx_file(model: nn.Module, example: torch.Tensor, path: Path, dynami
         )
 
 
-def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(ort_session(path).run(None, {"input": x.numpy()})[0])
-
-
 def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -218,7 +214,8 @@ def export_model(
                     export_onnx_file(deploy, example, tmp, dynamic_batch, opset)
                     arch = str(getattr(model, "pretrained_cfg", {}).get("architecture", ""))
                     write_preprocess(tmp, Preprocess.for_model(model, arch, img_size))
-                    run = lambda x: _run_onnx(tmp, x)  # noqa: E731
+                    runner = ModelRunner(tmp)  # one session for every verified batch size
+                    run = lambda x: torch.from_numpy(runner(x.numpy()))  # noqa: E731
                 else:
                     _export_torchscript(deploy, example, tmp)
                     loaded = torch.jit.load(str(tmp))

@@ -201,9 +201,10 @@ def quantize_model(
         raise ValueError(f"--eval-images must be at least 1, got {eval_images}")
     if not max_drop >= 0:
         raise ValueError(f"--max-drop must be >= 0 points, got {max_drop}")
-    out = check_writable(out)
-    if out.suffix != SUFFIX[runtime]:
+    out = Path(out)
+    if out.suffix != SUFFIX[runtime]:  # before check_writable, which creates the folder
         raise ValueError(f"an int8 model for {runtime} is written as {SUFFIX[runtime]}, not {out.name}")
+    out = check_writable(out)
     report_path = out.with_suffix(".json")
     require("onnxruntime")
     if runtime == "openvino":
