@@ -61,15 +61,18 @@ def profile_onnxruntime(onnx_path: Path, calib: List[np.ndarray], runs: int) -> 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 1, 1, 3
     opts.enable_profiling = True
+    opts.profile_file_prefix = str(onnx_path.with_suffix(""))  # beside the temporary model, not in the cwd
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"])
     for _ in range(10):
         sess.run(None, {"input": calib[0]})
-    events = json.loads(Path(sess.end_profiling()).read_text())  # the warm-up is in it too: restart
+    Path(sess.end_profiling()).unlink()  # the warm-up is in it too: restart
     sess = ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"])
     for _ in range(runs):
         sess.run(None, {"input": calib[0]})
-    events = json.loads(Path(sess.end_profiling()).read_text())
+    trace = Path(sess.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
     total: Dict[Tuple[str, str, str], float] = collections.Counter()
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
