@@ -127,3 +127,61 @@ def test_training_on_batch_one_says_what_to_do():
 
     frozen = freeze_batch_norm_2d(model)  # detection's setting: frozen BatchNorm takes any batch
     frozen(X).sum().backward()
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_output_stride_dilates_the_last_stages(output_stride):
+    model = timm.create_model("patnet_t0", num_classes=3, output_stride=output_stride).eval()
+    x = torch.randn(2, 3, 64, 96)
+    feats = model.forward_intermediates(x, intermediates_only=True)
+    expected = [min(r, output_stride) for r in (4, 8, 16, 32)]
+    assert [info["reduction"] for info in model.feature_info] == expected
+    assert [tuple(f.shape[-2:]) for f in feats] == [(64 // r, 96 // r) for r in expected]
+    # Same weights as the stride-32 model (only strides, paddings and dilations change).
+    dense = timm.create_model("patnet_t0", num_classes=3)
+    dense.load_state_dict(model.state_dict())
+    assert model.stages[3].blocks[0].mixer.conv.dilation == (32 // output_stride,) * 2
+    from timm.utils import reparameterize_model
+
+    with torch.no_grad():
+        assert _rel_err(reparameterize_model(model)(x), model(x)) < 1e-5  # the inference form keeps the dilation
+
+
+def test_output_stride_outside_the_stage_strides_is_refused():
+    with pytest.raises(ValueError, match=r"output_stride must be one of \[8, 16, 32\]"):
+        timm.create_model("patnet_t0", output_stride=4)
+
+
+# segmentation_models_pytorch builds timm encoders as 'tu-NAME' (features_only, output_stride for DeepLab/PAN).
+@pytest.mark.parametrize("arch", ["Unet", "FPN", "DeepLabV3Plus"])
+@pytest.mark.parametrize("size", [(128, 128), (96, 160)])
+def test_smp_models_train_on_patnet(arch, size):
+    smp = pytest.importorskip("segmentation_models_pytorch")  # in .[dev]; a user without it gets the skip reason
+    model = getattr(smp, arch)("tu-patnet_t0", encoder_weights=None, classes=4).train()
+    x = torch.randn(2, 3, *size)
+    y = model(x)
+    assert y.shape == (2, 4, *size)
+    y.square().mean().backward()
+    assert model.encoder.model.stem.conv.weight.grad is not None
+
+
+def test_torchvision_faster_rcnn_on_a_hand_built_patnet_fpn():
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+
+    body = timm.create_model("patnet_t0", features_only=True, out_indices=(1, 2, 3))
+    backbone = BackboneWithFPN(body, return_layers={"stages_1": "0", "stages_2": "1", "stages_3": "2"},
+                               in_channels_list=body.feature_info.channels(), out_channels=32)
+    anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
+    model = FasterRCNN(backbone, num_classes=3, min_size=128, max_size=160, rpn_anchor_generator=anchors).train()
+    images = [torch.rand(3, 128, 160), torch.rand(3, 140, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[5.0, 20.0, 90.0, 100.0]]), "labels": torch.tensor([2])}]
+    losses = model(images, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    sum(losses.values()).backward()
+    assert body.stem.conv.weight.grad is not None
+    with torch.no_grad():
+        detections = model.eval()(images)
+    assert len(detections) == 2 and detections[0]["boxes"].shape[-1] == 4

@@ -18,6 +18,7 @@ Every module here computes exactly what the authors' module computes (the parity
 ``fuse()`` that returns an inference form with BatchNorm folded away, found by ``timm.utils.reparameterize_model``.
 """
 
+import copy
 import math
 import re
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from timm.layers import (
     LayerNorm2d,
     SelectAdaptivePool2d,
     calculate_drop_path_rates,
+    create_conv2d,
     get_act_layer,
     get_device_dtype,
     register_notrace_function,
@@ -179,12 +181,10 @@ def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
     The arithmetic is torch's ``fuse_conv_bn_weights``. ``torch.nn.utils.fusion.fuse_conv_bn_eval`` is not used
     because it refuses modules in training mode (``fuse()`` must not flip the caller's mode) and returns
-    trainable parameters where an inference form wants frozen ones.
+    trainable parameters where an inference form wants frozen ones. The copy keeps the convolution's class, so a
+    'same'-padded ``Conv2dSame`` (a dilated downsample) stays one.
     """
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype,
-    )
+    fused = copy.deepcopy(conv)
     weight, bias = fuse_conv_bn_weights(
         conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
     )
@@ -203,14 +203,19 @@ def _bn_affine(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
 class ConvBn(nn.Module):
     """Convolution without bias followed by BatchNorm: the stem and the stage downsamples.
 
+    A downsample that does not downsample (``output_stride``: stride 1, dilated) pads 'same' so the map keeps its
+    size; its 2x2 kernel needs the asymmetric padding of timm's ``Conv2dSame``, as ConvNeXt's dilated stages do.
     ``fuse()`` folds the BatchNorm into the convolution in place (``bn`` becomes ``nn.Identity``).
     """
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int,
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, dilation: int = 1,
                  device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, bias=False, **dd)
+        padding = "same" if stride == 1 and kernel_size > 1 else 0
+        self.conv = create_conv2d(
+            in_chs, out_chs, kernel_size, stride=stride, dilation=dilation, padding=padding, bias=False, **dd
+        )
         self.bn: nn.Module = nn.BatchNorm2d(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,12 +258,13 @@ class PartialChannelAttention(nn.Module):
     ``norm`` -> ``norm``.
     """
 
-    def __init__(self, dim: int, n_div: int = 4, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
+    def __init__(self, dim: int, n_div: int = 4, dilation: int = 1,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.dim_conv = dim // n_div
         self.dim_untouched = dim - self.dim_conv
-        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False, **dd)
+        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, dilation, dilation, bias=False, **dd)
         self.gate_conv = nn.Conv2d(self.dim_untouched, self.dim_untouched, (1, 2), bias=False, **dd)
         self.gate_bn = nn.BatchNorm2d(self.dim_untouched, **dd)
         self.norm = nn.BatchNorm2d(self.dim_untouched, **dd)
@@ -376,6 +382,7 @@ class PartialSelfAttention(nn.Module):
             rpe_alpha: float = RPE_ALPHA,
             rpe_beta: float = RPE_BETA,
             rpe_gamma: float = RPE_GAMMA,
+            dilation: int = 1,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ) -> None:
@@ -392,7 +399,7 @@ class PartialSelfAttention(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.fused_attn = use_fused_attn()
 
-        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False, **dd)
+        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, dilation, dilation, bias=False, **dd)
         self.norm = LayerNorm2d(self.dim_untouched, eps=1e-6, **dd)
         self.qkv = nn.Linear(self.dim_untouched, 3 * self.dim_untouched, bias=False, **dd)
         self.rel_pos = EuclideanRelPosBias(num_heads, rpe_alpha, rpe_beta, rpe_gamma, **dd)
@@ -458,12 +465,13 @@ class PatBlock(nn.Module):
             act_layer: Callable[..., nn.Module] = nn.GELU,
             spatial_attn: bool = False,
             drop_path: float = 0.0,
+            dilation: int = 1,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.mixer = PartialChannelAttention(dim, n_div, **dd)
+        self.mixer = PartialChannelAttention(dim, n_div, dilation, **dd)
         self.mlp = PatMlp(dim, int(dim * mlp_ratio), act_layer, spatial_attn, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -490,12 +498,13 @@ class PatAttnBlock(nn.Module):
             num_heads: int = 4,
             attn_drop: float = ATTN_DROP,
             proj_drop: float = PROJ_DROP,
+            dilation: int = 1,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.mixer = PartialSelfAttention(dim, n_div, num_heads, attn_drop, proj_drop, **dd)
+        self.mixer = PartialSelfAttention(dim, n_div, num_heads, attn_drop, proj_drop, dilation=dilation, **dd)
         self.mlp = PatMlp(dim, int(dim * mlp_ratio), act_layer, spatial_attn, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -704,6 +713,10 @@ class PATNet(nn.Module):
         drop_path_rate: Stochastic depth, rising linearly from 0 over all blocks of the network.
         attn_drop_rate: Dropout on PAT_sf's attention weights (training only).
         proj_drop_rate: Dropout after PAT_sf's output projection (training only).
+        output_stride: Total reduction of the last feature map: 32 (the paper's), 16 or 8. Below 32 the last
+            stages keep their input's resolution (stride-1 downsample) and dilate their 3x3 convolutions instead,
+            as timm's ResNet and ConvNeXt do, for dense-prediction heads such as DeepLabV3+. Weights are the same
+            shapes at every output stride; PAT_sf's relative-position bias then sees finer pixel offsets than at 32.
     """
 
     def __init__(
@@ -725,6 +738,7 @@ class PATNet(nn.Module):
             drop_path_rate: float = 0.0,
             attn_drop_rate: float = ATTN_DROP,
             proj_drop_rate: float = PROJ_DROP,
+            output_stride: int = 32,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ) -> None:
@@ -732,12 +746,15 @@ class PATNet(nn.Module):
         dd = dict(device=device, dtype=dtype)
         if len(depths) != 4 or min(depths) < 1:
             raise ValueError(f"PATNet needs 4 stages of at least one block each, got depths={tuple(depths)}")
+        strides = [patch_size * merge_size ** i for i in range(1, len(depths))]
+        if output_stride not in strides:
+            raise ValueError(f"PATNet output_stride must be one of {strides}, got {output_stride!r}")
         # Constructor arguments that define the weights' shapes and math, saved next to weights (``patnet.io``).
         self.arch_args: Dict[str, Any] = dict(
             in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim, depths=list(depths),
             mlp_ratio=mlp_ratio, n_div=n_div, patch_size=patch_size, merge_size=merge_size, feature_dim=feature_dim,
             act_layer=act_layer if isinstance(act_layer, str) else getattr(act_layer, "__name__", str(act_layer)),
-            spatial_attn=spatial_attn, num_heads=num_heads,
+            spatial_attn=spatial_attn, num_heads=num_heads, output_stride=output_stride,
         )
         act = get_act_layer(act_layer)
         if act is None:
@@ -746,22 +763,27 @@ class PATNet(nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        reduction = patch_size * merge_size ** (len(depths) - 1)
-
-        self.stem = Stem(in_chans, embed_dim, patch_size, min_input_size=reduction, **dd)
+        self.stem = Stem(in_chans, embed_dim, patch_size, min_input_size=output_stride, **dd)
         # Linear from 0 over all blocks (torch.linspace, as the authors' and timm's FasterNet).
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages: List[nn.Module] = []
         self.feature_info: List[Dict[str, Any]] = []
-        dim = embed_dim
+        dim, reduction, dilation = embed_dim, patch_size, 1
         for i, depth in enumerate(depths):
             if i == 0:
                 downsample: nn.Module = nn.Identity()
             else:
-                downsample = ConvBn(dim, dim * 2, merge_size, merge_size, **dd)
+                # Past output_stride a stage keeps the resolution and dilates by what it would have downsampled.
+                first_dilation, stride = dilation, merge_size
+                if reduction * merge_size > output_stride:
+                    dilation, stride = dilation * merge_size, 1
+                reduction *= stride
+                downsample = ConvBn(dim, dim * 2, merge_size, stride, dilation=first_dilation, **dd)
                 dim *= 2
             block_dpr = dpr[i]
-            common = dict(n_div=n_div, mlp_ratio=mlp_ratio, act_layer=act, spatial_attn=spatial_attn, **dd)
+            common = dict(
+                n_div=n_div, mlp_ratio=mlp_ratio, act_layer=act, spatial_attn=spatial_attn, dilation=dilation, **dd
+            )
             if i < len(depths) - 1:
                 blocks: List[nn.Module] = [PatBlock(dim, drop_path=p, **common) for p in block_dpr]
             else:
@@ -773,7 +795,7 @@ class PATNet(nn.Module):
                     for p in block_dpr
                 ]
             stages.append(PatStage(downsample, blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=patch_size * merge_size ** i, module=f"stages.{i}"))
+            self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
 
         self.num_features = dim
