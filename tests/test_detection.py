@@ -253,3 +253,63 @@ def test_roi_batch_size_reaches_the_sampler():
     model = build_detector("patnet_t0", 3, task="masks", min_size=64, max_size=96, roi_batch_size=64)
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 64
     assert build_detector("patnet_t0", 3, min_size=64).roi_heads.fg_bg_sampler.batch_size_per_image == 512
+
+
+def _typed_coco(tmp_path, **changes):
+    from PIL import Image
+
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir(exist_ok=True)
+    Image.new("RGB", (32, 32)).save(img_dir / "a.png")
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+            "categories": [{"id": 1, "name": "x"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "iscrowd": 0,
+                             "segmentation": [[2, 2, 12, 2, 12, 12]]}]}
+    for where, value in changes.items():
+        section, field = where.split("__")
+        coco[section][0][field] = value
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    return tmp_path / "a.json", img_dir
+
+
+@pytest.mark.parametrize("where,value,message", [
+    ("categories__id", "one", "every category needs an integer 'id'"),
+    ("images__id", [1], "every image needs an 'id'"),
+    ("images__file_name", 7, "a 'file_name' string"),
+    ("images__width", "32", "positive integer 'width' and 'height'"),
+])
+def test_coco_fields_of_the_wrong_type_are_one_line_errors(tmp_path, where, value, message):
+    ann, img_dir = _typed_coco(tmp_path, **{where: value})
+    with pytest.raises(ValueError, match=message):
+        CocoDataset(ann, img_dir, masks=True)
+
+
+@pytest.mark.parametrize("where,value,counter", [
+    ("annotations__image_id", {"a": 1}, "orphan_annotations"),
+    ("annotations__category_id", [1], "orphan_annotations"),
+    ("annotations__iscrowd", "yes", "orphan_annotations"),
+    ("annotations__bbox", [2, 2, "10", 10], "bad_boxes"),
+    ("annotations__bbox", [2, 2, float("nan"), 10], "bad_boxes"),
+    ("annotations__segmentation", [[2, 2, "x", 2, 12, 12]], "bad_masks"),
+])
+def test_coco_annotations_of_the_wrong_type_are_dropped_and_counted(tmp_path, where, value, counter):
+    ann, img_dir = _typed_coco(tmp_path, **{where: value})
+    ds = CocoDataset(ann, img_dir, masks=True)
+    assert getattr(ds.stats, counter) == 1 and ds.anns[ds.ids[0]] == []
+    ds[0]  # and the image still loads
+
+
+def test_coco_area_of_the_wrong_type_is_recomputed(tmp_path):
+    ann, img_dir = _typed_coco(tmp_path, annotations__area="big")
+    ds = CocoDataset(ann, img_dir, masks=True)
+    assert ds.anns[ds.ids[0]][0]["area"] == 100.0
+
+
+def test_coco_annotations_per_image_are_bounded(tmp_path, monkeypatch):
+    ann, img_dir = _typed_coco(tmp_path)
+    coco = json.loads(ann.read_text())
+    coco["annotations"] = [dict(coco["annotations"][0], id=i) for i in range(6)]
+    ann.write_text(json.dumps(coco))
+    monkeypatch.setattr("patnet.detection.data.MAX_ANNOTATIONS_PER_IMAGE", 5)
+    with pytest.raises(ValueError, match="more than 5 annotations"):
+        CocoDataset(ann, img_dir, masks=False)

@@ -51,6 +51,34 @@ def test_idx_truncated_and_bad_magic(tmp_path):
         read_idx(tmp_path / "m-idx3-ubyte")
 
 
+def test_idx_short_header_and_gzip_bomb_are_refused_before_inflating(tmp_path, monkeypatch):
+    import gzip
+
+    (tmp_path / "h-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00")  # 3 dims announced, 2 bytes of them
+    with pytest.raises(ValueError, match="truncated inside its header"):
+        read_idx(tmp_path / "h-idx3-ubyte")
+    # A header claiming 4 x 3 x 3 bytes followed by 50 MB of zeros: read stops at the first byte too many.
+    header = bytes([0, 0, 8, 3]) + (4).to_bytes(4, "big") + (3).to_bytes(4, "big") + (3).to_bytes(4, "big")
+    with gzip.open(tmp_path / "b-idx3-ubyte.gz", "wb") as f:
+        f.write(header + bytes(50 << 20))
+    reads = []
+    real_read = gzip.GzipFile.read
+    monkeypatch.setattr(gzip.GzipFile, "read", lambda self, n=-1: reads.append(n) or real_read(self, n))
+    with pytest.raises(ValueError, match="longer than its header says"):
+        read_idx(tmp_path / "b-idx3-ubyte.gz")
+    assert -1 not in reads and max(reads) == 4 * 3 * 3 + 1
+    monkeypatch.setattr("patnet.data.MAX_IDX_BYTES", 10)
+    with pytest.raises(ValueError, match="more than the 10 read at most"):
+        read_idx(tmp_path / "b-idx3-ubyte.gz")
+
+
+def test_idx_labels_must_be_one_per_image(tmp_path):
+    root = make_idx_dataset(tmp_path / "idx", gz=False)
+    write_idx(root / "train-labels-idx1-ubyte", np.zeros((96, 2), np.uint8))
+    with pytest.raises(ValueError, match="labels are one number per image"):
+        IdxDataset(root, "train")
+
+
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian package dataset-fashion-mnist is not installed here")
 def test_real_fashion_mnist_files():
     info = resolve_dataset("fashion-mnist")

@@ -13,6 +13,7 @@ skipped (logged with its path and counted) unless ``strict`` is set, so a bad fi
 """
 import gzip
 import logging
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "KNOWN_IDX_DATASETS",
     "open_rgb",
     "MAX_IMAGE_PIXELS",
+    "MAX_IDX_BYTES",
 ]
 
 _log = logging.getLogger(__name__)
@@ -90,23 +92,40 @@ def open_rgb(path: Any, max_pixels: Optional[int] = None) -> Image.Image:
         return im.convert("RGB")
 
 
+# Largest IDX payload read, in bytes (PATNET_MAX_IDX_BYTES overrides): MNIST-family sets are under 50 MB per file,
+# so 4 GiB is generous; the header's shape is checked against it before anything is read or decompressed.
+MAX_IDX_BYTES = int(os.environ.get("PATNET_MAX_IDX_BYTES", 4 << 30))
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (raw or gzip) into a numpy array; a clear error if the file is not IDX."""
+    """Read an IDX file (raw or gzip) into a numpy array; a clear error if the file is not IDX.
+
+    The header is read and checked first and exactly the bytes it announces are then read, so a gzip file is never
+    inflated past its own header's claim (a decompression bomb ends at the first byte too many).
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[:3] != b"\x00\x00\x08" or not 1 <= magic[3] <= 4:
+                raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+            ndim = magic[3]
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"{path} is truncated inside its header ({4 + len(dims)} of {4 + 4 * ndim} bytes)")
+            shape = struct.unpack(f">{ndim}I", dims)
+            expected = math.prod(shape)
+            if expected > MAX_IDX_BYTES:
+                raise ValueError(f"{path} announces {shape} = {expected:,} bytes, more than the {MAX_IDX_BYTES:,} "
+                                 "read at most (set PATNET_MAX_IDX_BYTES to raise it)")
+            data = f.read(expected + 1)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise ValueError(f"cannot read IDX file {path}: {e}") from e
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
-    ndim = data[3]
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    expected = int(np.prod(shape))
-    payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if payload.size != expected:
-        raise ValueError(f"{path} is truncated: header says {shape} ({expected} bytes), found {payload.size}")
-    return payload.reshape(shape)
+    if len(data) != expected:
+        what = "is truncated" if len(data) < expected else "is longer than its header says"
+        raise ValueError(f"{path} {what}: header says {shape} ({expected} bytes)"
+                         + (f", found {len(data)}" if len(data) < expected else ""))
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -135,7 +154,11 @@ class IdxDataset(Dataset):
             raise FileNotFoundError(f"{root} lacks {images_stem}[.gz] / {labels_stem}[.gz] (MNIST-format IDX files)")
         self.images = read_idx(images_path)
         self.labels = read_idx(labels_path).astype(np.int64)
-        if self.images.ndim != 3 or len(self.images) != len(self.labels):
+        if self.images.ndim != 3:
+            raise ValueError(f"{images_path} holds a {self.images.shape} array; IDX images are N x H x W")
+        if self.labels.ndim != 1:
+            raise ValueError(f"{labels_path} holds a {self.labels.shape} array; IDX labels are one number per image")
+        if len(self.images) != len(self.labels) or len(self.labels) == 0:
             raise ValueError(f"{images_path} and {labels_path} disagree: {self.images.shape} vs {self.labels.shape}")
         self.transform = transform
         self.num_classes = int(self.labels.max()) + 1

@@ -12,6 +12,8 @@
 import io
 import json
 import logging
+import math
+import os
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass
@@ -44,49 +46,90 @@ class _Stats:
     unreadable_images: int = 0
 
 
+# Most annotations one image may carry (PATNET_MAX_ANNOTATIONS_PER_IMAGE overrides). COCO's busiest image has a few
+# hundred; each one costs a full-image mask when training masks, so 100,000 boxes on one image would ask for 20 GB.
+MAX_ANNOTATIONS_PER_IMAGE = int(os.environ.get("PATNET_MAX_ANNOTATIONS_PER_IMAGE", 2000))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_id(v: Any) -> bool:
+    return isinstance(v, (int, str)) and not isinstance(v, bool)
+
+
+def _clean_segmentation(seg: Any) -> Any:
+    """Polygons of >= 3 finite points, or an RLE with a size and counts; None for anything else."""
+    if isinstance(seg, list):
+        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(map(_is_number, p))]
+        return polys or None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size) and \
+                (isinstance(counts, str) or (isinstance(counts, list) and all(isinstance(v, int) for v in counts))):
+            return seg
+    return None
+
+
 def sanitize_coco(raw: Any, ann_file: Path, masks: bool) -> Tuple[Dict[str, Any], Dict[int, Any], Dict[str, int]]:
     """A COCO dict that pycocotools can always index and score, the original image id of each new one, and counts.
 
     Image ids become 1..N (string ids and gaps are fine; a duplicate id is an error, since its annotations could
-    belong to either image); annotation ids become 1..M. Dropped and counted: annotations of unknown images, without
-    a usable ``bbox`` (then counted as bad boxes), and, for masks, without a polygon of at least 3 points or an RLE.
-    Polygons of fewer than 3 points are removed from any annotation (pycocotools cannot rasterise them).
+    belong to either image); annotation ids become 1..M. Fields of the wrong type are an error where the file cannot
+    be used without them (categories, image ids and file names, image sizes for masks) and dropped and counted
+    otherwise: annotations of unknown images or with an unusable ``category_id`` / ``iscrowd`` (orphan), without
+    four finite ``bbox`` numbers (bad boxes), and, for masks, without a polygon of at least 3 finite points or an RLE
+    (bad masks). An unusable ``area`` is recomputed from the box. An image with more than
+    ``MAX_ANNOTATIONS_PER_IMAGE`` annotations is an error.
     """
     if not isinstance(raw, dict) or not isinstance(raw.get("images"), list) or \
             not isinstance(raw.get("categories"), list):
         raise ValueError(f"{ann_file} is not a COCO annotation file (it needs 'images' and 'categories' lists)")
+    for cat in raw["categories"]:
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or isinstance(cat.get("id"), bool) or \
+                not isinstance(cat.get("name"), str):
+            raise ValueError(f"{ann_file}: every category needs an integer 'id' and a string 'name', got {str(cat)[:80]}")
     seen: Dict[Any, int] = {}
     images = []
     for img in raw["images"]:
-        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-            raise ValueError(f"{ann_file}: every image needs an 'id' and a 'file_name', got {str(img)[:80]}")
+        if not isinstance(img, dict) or not _is_id(img.get("id")) or not isinstance(img.get("file_name"), str):
+            raise ValueError(f"{ann_file}: every image needs an 'id' (number or string) and a 'file_name' string, "
+                             f"got {str(img)[:80]}")
+        sizes = [img.get(k) for k in ("width", "height")]
+        if (masks or any(v is not None for v in sizes)) and \
+                not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+            raise ValueError(f"{ann_file}: image {img['id']!r} needs positive integer 'width' and 'height'"
+                             f"{' (masks are drawn at that size)' if masks else ''}, got {sizes}")
         key = img["id"]
         if key in seen:
             raise ValueError(f"{ann_file}: image id {key!r} appears more than once; ids must be unique")
         seen[key] = len(seen) + 1
         images.append({**img, "id": seen[key]})
     counts = {"orphan_annotations": 0, "bad_boxes": 0, "bad_masks": 0}
+    per_image: Dict[int, int] = {}
     anns = []
     for ann in raw.get("annotations") or []:
-        if not isinstance(ann, dict) or ann.get("image_id") not in seen:
+        if not isinstance(ann, dict) or not _is_id(ann.get("image_id")) or ann["image_id"] not in seen or \
+                not _is_id(ann.get("category_id")) or ann.get("iscrowd", 0) not in (0, 1):
             counts["orphan_annotations"] += 1
             continue
         box = ann.get("bbox")
-        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(map(_is_number, box))):
             counts["bad_boxes"] += 1
             continue
-        ann = {**ann, "image_id": seen[ann["image_id"]], "id": len(anns) + 1, "iscrowd": int(ann.get("iscrowd", 0)),
-               "area": float(ann.get("area", box[2] * box[3]))}
-        seg = ann.get("segmentation")
-        if isinstance(seg, list):
-            polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-            if polys:
-                ann["segmentation"] = polys
-            else:
-                ann.pop("segmentation", None)
-        elif not isinstance(seg, dict):
-            ann.pop("segmentation", None)
-        if masks and "segmentation" not in ann and not ann["iscrowd"]:
+        image_id = seen[ann["image_id"]]
+        per_image[image_id] = per_image.get(image_id, 0) + 1
+        if per_image[image_id] > MAX_ANNOTATIONS_PER_IMAGE:
+            raise ValueError(f"{ann_file}: image {ann['image_id']!r} has more than {MAX_ANNOTATIONS_PER_IMAGE} "
+                             "annotations (set PATNET_MAX_ANNOTATIONS_PER_IMAGE to raise the limit)")
+        area = ann.get("area")
+        ann = {**ann, "image_id": image_id, "id": len(anns) + 1, "iscrowd": int(ann.get("iscrowd", 0)),
+               "area": float(area) if _is_number(area) else float(box[2] * box[3])}
+        seg = _clean_segmentation(ann.pop("segmentation", None))
+        if seg is not None:
+            ann["segmentation"] = seg
+        if masks and seg is None and not ann["iscrowd"]:
             counts["bad_masks"] += 1
             continue
         anns.append(ann)
