@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -149,3 +150,36 @@ def test_study_runs_pin_one_core_each_on_cpu_and_go_one_at_a_time_on_a_gpu(tmp_p
     (tmp_path / "gpu" / "patnet_t0_s0" / "last.pth").write_bytes(b"")
     cmd = study._command(argparse.Namespace(out=tmp_path / "gpu", gpu=True, **ns), 0, "patnet_t0", 0, ["--x"])
     assert cmd[-2:] == ["--resume", str(tmp_path / "gpu" / "patnet_t0_s0" / "last.pth")] and "--x" not in cmd
+
+
+segment = _load("segment_fmnist")
+
+
+def test_segmentation_canvases_label_exactly_the_pasted_items():
+    import numpy as np
+
+    images = np.zeros((2, 28, 28), dtype=np.uint8)
+    images[0, 6:22, 6:22] = 255  # a bright square, class 3
+    labels = np.array([3, 7])  # item 1 is all dark: it must leave no label behind
+    x, y = segment.make_canvases(images, labels, n=6, size=64, per_canvas=2, seed=0)
+    assert x.shape == (6, 3, 64, 64) and y.shape == (6, 64, 64)
+    assert set(y.unique().tolist()) <= {0, 4}
+    raw = x[:, 0] * 0.3 + 0.3
+    assert bool((raw[y == 4] > 0.2).all())  # every labelled pixel is the item's
+    assert (y == 4).flatten(1).any(1).sum() >= 1
+
+
+def test_miou_is_exact_for_perfect_and_constant_predictions():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    y = torch.zeros(2, 8, 8, dtype=torch.long)
+    y[:, :4] = 5  # half class 5, half background
+    onehot = torch.nn.functional.one_hot(y, segment.NUM_CLASSES).permute(0, 3, 1, 2).float()
+    loader = DataLoader(TensorDataset(onehot, y), batch_size=1)
+    assert segment.miou(torch.nn.Identity(), loader)[0] == pytest.approx(100.0)
+    background = torch.zeros_like(onehot)
+    background[:, 0] = 1
+    # Predicting background everywhere: IoU 0.5 for background, 0 for class 5, absent classes left out.
+    const = torch.nn.Module()
+    const.forward = lambda x: background[: len(x)]
+    assert segment.miou(const, loader)[0] == pytest.approx(25.0)
