@@ -83,7 +83,7 @@ def test_atomic_temporary_is_not_created_through_a_planted_symlink(tmp_path, mon
     victim.write_text("precious")
     names = iter(["aaaa", "bbbb"])
     monkeypatch.setattr(pio.secrets, "token_hex", lambda n: next(names))
-    (tmp_path / ".out.txt.aaaa.tmp").symlink_to(victim)  # a guessed temporary name, planted in advance
+    (tmp_path / f".out.txt.{os.getpid()}-aaaa.tmp").symlink_to(victim)  # a guessed temporary name, planted
     with pio.atomic_path(tmp_path / "out.txt") as tmp:
         tmp.write_text("new")
     assert victim.read_text() == "precious" and (tmp_path / "out.txt").read_text() == "new"
@@ -242,3 +242,114 @@ def test_process_group_timeout_is_set_and_stated(monkeypatch):
     monkeypatch.setenv("PATNET_DIST_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="PATNET_DIST_TIMEOUT must be a number of seconds"):
         E.init_distributed()
+
+
+def _disk_full_at(monkeypatch, name):
+    """ENOSPC when the write of ``name`` is flushed (what a full disk does to a buffered or delayed-allocation write):
+    every command writes through patnet.io's atomic writers, so this reaches each of them at that file."""
+    real = pio.fsync_path
+
+    def fsync(path):
+        p = Path(path)
+        if p.is_file() and (p.name.startswith(f".{name}.") or (p.name == name and p.parent.name.endswith(".tmp"))):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path)
+
+    monkeypatch.setattr(pio, "fsync_path", fsync)
+
+
+def _tiny_coco(root):
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True)
+    rng = __import__("numpy").random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype="uint8")).save(root / "img" / f"{i}.png")
+    ann = {"images": [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in range(2)],
+           "categories": [{"id": 1, "name": "thing"}],
+           "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [8, 8, 30, 30], "iscrowd": 0}
+                           for i in range(2)]}
+    (root / "ann.json").write_text(json.dumps(ann))
+    return root / "ann.json", root / "img"
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory):
+    """A classification and a detection run to read from (made before any fault is injected)."""
+    from patnet.detection.engine import DetectConfig, train_detector
+
+    root = tmp_path_factory.mktemp("inputs")
+    data = make_idx_dataset(root / "idx", n_train=48, n_val=24)
+    train(_cfg(data, root / "cls", epochs=1))
+    ann, img = _tiny_coco(root / "coco")
+    train_detector(DetectConfig(model="patnet_t0", ann=str(ann), images=str(img), task="boxes", epochs=1,
+                                batch_size=2, img_size=64, workers=0, output=str(root / "det"), progress=False,
+                                roi_batch_size=16, warmup_iters=1))
+    return {"data": data, "ckpt": root / "cls" / "last.pth", "ann": ann, "img": img, "det": root / "det" / "last.pth"}
+
+
+FULL_DISK_CASES = {
+    "train": ("last.pth", lambda r, o: ["train", "--model", "patnet_t0", "--data", str(r["data"]), "--epochs", "1",
+                                        "--img-size", "32", "--batch-size", "8", "--workers", "0", "--no-progress",
+                                        "--output", str(o)]),
+    "detect train": ("last.pth", lambda r, o: ["detect", "train", "--model", "patnet_t0", "--ann", str(r["ann"]),
+                                               "--images", str(r["img"]), "--epochs", "1", "--batch-size", "2",
+                                               "--img-size", "64", "--workers", "0", "--no-progress",
+                                               "--roi-batch-size", "16", "--warmup-iters", "1", "--output", str(o)]),
+    "validate --output": ("metrics.json", lambda r, o: ["validate", "--model", "patnet_t0", "--checkpoint",
+                                                        str(r["ckpt"]), "--data", str(r["data"]), "--img-size",
+                                                        "32", "--output", str(o)]),
+    "export onnx": ("m.onnx", lambda r, o: ["export", "patnet_t0", str(o / "m.onnx"), "--img-size", "64", "64"]),
+    "export torchscript": ("m.pt", lambda r, o: ["export", "patnet_t0", str(o / "m.pt"), "--format", "torchscript",
+                                                 "--img-size", "64", "64"]),
+    # --max-drop 100: this checks the write, not int8 accuracy (an untrained model's agreement means nothing).
+    "quantize": ("q.onnx", lambda r, o: ["quantize", "patnet_t0", str(o / "q.onnx"), "--calib", str(r["data"]),
+                                         "--calib-images", "8", "--eval-images", "8", "--img-size", "32", "32",
+                                         "--max-drop", "100"]),
+    "quantize openvino": ("q.xml", lambda r, o: ["quantize", "patnet_t0", str(o / "q.xml"), "--runtime", "openvino",
+                                                 "--calib", str(r["data"]), "--calib-images", "8", "--eval-images",
+                                                 "8", "--img-size", "32", "32", "--max-drop", "100"]),
+    "bench --output": ("bench.json", lambda r, o: ["bench", "--models", "patnet_t0", "--img-size", "64", "--threads",
+                                                   "1", "--iters", "1", "--warmup", "1", "--runtime", "eager",
+                                                   "--output", str(o)]),
+    "detect predict": ("pred.png", lambda r, o: ["detect", "predict", "--checkpoint", str(r["det"]), "--image",
+                                                 str(r["img"] / "0.png"), "--out", str(o / "pred.png")]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", list(FULL_DISK_CASES))
+def test_full_disk_is_one_line_and_leaves_no_temporary(command, finished_runs, tmp_path, monkeypatch, capsys):
+    name, argv = FULL_DISK_CASES[command]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_bytes(b"previous")  # what the full disk must not damage
+    if command in ("train", "detect train"):
+        (out / name).unlink()  # a run folder that holds a run would be refused before any work
+    _disk_full_at(monkeypatch, name)
+    assert main(argv(finished_runs, out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"patnet: error: cannot write {out / name}: the disk is full; the previous {name} is unchanged"
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    if (out / name).exists():
+        assert (out / name).read_bytes() == b"previous"
+
+
+def test_temporaries_of_killed_writers_are_removed_at_the_next_write(tmp_path, monkeypatch):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names temporaries nobody is writing any more
+    stale = tmp_path / f".out.txt.{dead.pid}-abcd1234.tmp"
+    stale.write_text("half a file")
+    live = tmp_path / f".out.txt.{os.getppid()}-abcd1234.tmp"  # a live process's write in progress
+    live.write_text("being written")
+    with pio.atomic_path(tmp_path / "out.txt") as tmp:
+        tmp.write_text("new")
+    assert not stale.exists() and live.exists() and (tmp_path / "out.txt").read_text() == "new"
+    # The scratch folders of quantize and bench in the system's temporary directory, likewise.
+    monkeypatch.setattr(pio.tempfile, "gettempdir", lambda: str(tmp_path))
+    (tmp_path / f"patnet-quant-{dead.pid}-x1y2z3").mkdir()
+    (tmp_path / f"patnet-quant-{dead.pid}-x1y2z3" / "fp32.onnx").write_bytes(b"0" * 100)
+    (tmp_path / f"patnet-quant-{os.getppid()}-a1b2c3").mkdir()
+    with pio.temporary_folder("patnet-quant-") as scratch:
+        assert scratch.parent == tmp_path and scratch.name.startswith(f"patnet-quant-{os.getpid()}-")
+    assert sorted(p.name for p in tmp_path.glob("patnet-quant-*")) == [f"patnet-quant-{os.getppid()}-a1b2c3"]

@@ -16,7 +16,6 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ import torch.nn as nn
 
 from .deploy.export import deploy_form
 from .flops import count_flops, count_params
+from .io import atomic_files, atomic_path, temporary_folder
 from .weights import require_models
 
 __all__ = ["BenchRow", "run_benchmark", "matmul_peak_gflops", "environment", "cpu_features", "machine_line",
@@ -282,7 +282,7 @@ def run_benchmark(
     compiled: Dict[str, nn.Module] = {}
     x = torch.randn(1, 3, img_size, img_size)
     try:
-        with tempfile.TemporaryDirectory(prefix="patnet-bench-") as tmp:
+        with temporary_folder("patnet-bench-") as tmp:
             onnx_files: Dict[str, Dict[str, Path]] = {}
             calib_of: Dict[str, Optional[List[np.ndarray]]] = {}
             for name in tqdm(models, desc="building", disable=not show_progress):
@@ -423,15 +423,11 @@ def format_table(results: Dict[str, Any]) -> str:
 
 
 def write_results(results: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
-    """Write ``bench.json``, ``bench.csv``, ``bench.md`` (the table) and ``bench.png`` into ``out_dir``."""
+    """Write ``bench.json``, ``bench.csv``, ``bench.md`` (the table) and ``bench.png`` into ``out_dir``, as a unit: a
+    failure or kill leaves the previous four files, never a new table beside an old plot."""
     import csv
 
-    from .io import atomic_path
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {k: out_dir / f"bench.{k}" for k in ("json", "csv", "md", "png")}
-    with atomic_path(paths["json"]) as tmp:
-        tmp.write_text(json.dumps(results, indent=2))
+    paths = {k: out_dir / f"bench.{k}" for k in ("csv", "md", "png", "json")}  # bench.json, the record, last
     flat = []
     for r in results["rows"]:
         d = {k: v for k, v in r.items() if not isinstance(v, dict)}
@@ -439,27 +435,31 @@ def write_results(results: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
             if isinstance(v, dict):
                 d.update({f"{k}_{kk}": vv for kk, vv in v.items()})
         flat.append(d)
-    with atomic_path(paths["csv"]) as tmp:
+    with atomic_files(*paths.values()) as staged:
+        (staged / "bench.json").write_text(json.dumps(results, indent=2))
         fields = sorted({k for d in flat for k in d}, key=lambda k: (k != "model", k))
-        with open(tmp, "w", newline="") as f:
+        with open(staged / "bench.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(flat)
-    with atomic_path(paths["md"]) as tmp:
         env = results["environment"]
-        tmp.write_text(format_table(results) + f"\n\n{machine_line(env)}\n")
-    plot_results(results, paths["png"])
+        (staged / "bench.md").write_text(format_table(results) + f"\n\n{machine_line(env)}\n")
+        _draw_plot(results, staged / "bench.png")
     return paths
 
 
 def plot_results(results: Dict[str, Any], path: Path) -> Path:
-    """Latency (1 thread) against FLOPs, one line per model family (PATNet, FasterNet, others)."""
+    """Latency (1 thread) against FLOPs, one line per model family (PATNet, FasterNet, others), written atomically."""
+    with atomic_path(path) as tmp:
+        _draw_plot(results, tmp)
+    return path
+
+
+def _draw_plot(results: Dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .io import atomic_path
 
     key = f"{results['settings']['threads'][0]}t"
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
@@ -481,7 +481,7 @@ def plot_results(results: Dict[str, Any], path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    try:
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)

@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -11,8 +12,8 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Unio
 
 import torch
 
-__all__ = ["atomic_path", "atomic_files", "fsync_path", "check_not_inputs", "save_weights", "load_weights", "read_checkpoint",
-           "check_writable"]
+__all__ = ["atomic_path", "atomic_files", "temporary_folder", "remove_stale_temporaries", "fsync_path",
+           "check_not_inputs", "save_weights", "load_weights", "read_checkpoint", "check_writable"]
 
 PathLike = Union[str, Path]
 
@@ -55,17 +56,66 @@ _DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota 
                 errno.EROFS: "the file system is read-only"}
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, prefix: str) -> int:
+    """Remove ``folder/PREFIX<pid>-*`` temporaries whose writing process is gone (a kill -9 mid-write); return how many.
+
+    Every temporary this package makes carries its writer's pid, so one of a live process (another run writing the
+    same target, or this one) is never touched. A recycled pid only keeps a dead one's temporary a little longer.
+    """
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-[0-9A-Za-z_]+(\.tmp)?")
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def _new_temporary(path: Path) -> Path:
-    """Create an empty temporary file beside ``path``: a fresh name, never through a symlink, mode 0666 less umask."""
+    """Create an empty temporary file beside ``path``: a fresh name carrying our pid, never through a symlink, mode
+    0666 less umask. Temporaries a killed writer left beside ``path`` are removed first."""
+    prefix = f".{path.name}."
+    remove_stale_temporaries(path.parent, prefix)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        tmp = path.parent / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}.tmp"
         try:
             os.close(os.open(tmp, flags, 0o666))  # the kernel applies the umask: no process-wide umask change
             return tmp
         except FileExistsError:
             continue
     raise OSError(f"cannot create a temporary file beside {path}")
+
+
+@contextmanager
+def temporary_folder(prefix: str) -> Iterator[Path]:
+    """A private scratch folder in the system's temporary directory, removed on exit; ``PREFIX<pid>-*`` folders that
+    killed runs left there are removed first (``patnet-quant-``, ``patnet-bench-``)."""
+    remove_stale_temporaries(Path(tempfile.gettempdir()), prefix)
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def fsync_path(path: Path) -> None:
@@ -118,17 +168,19 @@ def atomic_files(*paths: PathLike) -> Iterator[Path]:
     for last) and on any error nothing replaces anything and the folder is removed."""
     targets = [check_writable(p) for p in paths]
     folder = targets[0].parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.", suffix=".tmp", dir=folder))
+    remove_stale_temporaries(folder, f".{targets[0].name}.")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.{os.getpid()}-", suffix=".tmp", dir=folder))
+    failing = targets[0]  # named in a disk-full error: the file being flushed, or the first while the caller writes
     try:
         yield tmp
-        for target in targets:
-            fsync_path(tmp / target.name)
-        for target in targets:
-            os.replace(tmp / target.name, target)
+        for failing in targets:
+            fsync_path(tmp / failing.name)
+        for failing in targets:
+            os.replace(tmp / failing.name, failing)
         for parent in {t.parent for t in targets}:
             fsync_path(parent)
     except BaseException as e:
-        mapped = disk_error(e, targets[0])
+        mapped = disk_error(e, failing)
         if mapped is not None:
             raise mapped from None
         raise

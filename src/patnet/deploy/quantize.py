@@ -21,7 +21,6 @@ The report goes next to the model as JSON (``OUT.json``), and model and report a
 """
 import json
 import logging
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -31,7 +30,7 @@ import torch.nn as nn
 
 from ..config import CALIBRATION_METHODS, DEFAULT_MAX_DROP
 from ..errors import PatnetError
-from ..io import atomic_files, check_writable
+from ..io import atomic_files, check_writable, temporary_folder
 from .export import export_model
 from .runtime import IR_SUFFIX, ModelRunner, Preprocess, image_batches, require, top1_of, write_preprocess
 
@@ -112,7 +111,7 @@ def quantize_onnx(src: Path, dst: Path, calib: Sequence[np.ndarray], method: str
 
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
-    with tempfile.TemporaryDirectory(prefix="patnet-quant-") as tmp:
+    with temporary_folder("patnet-quant-") as tmp:
         prepped = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
         quant_nodes, fp32_nodes = _quantizable_nodes(prepped)
@@ -228,7 +227,7 @@ def quantize_model(
         raise QuantizeError(f"{data} has no readable val images to verify the int8 model on")
 
     outputs = [report_path, out.with_suffix(".bin"), out] if runtime == "openvino" else [report_path, out]
-    with tempfile.TemporaryDirectory(prefix="patnet-quant-") as tmp, atomic_files(*outputs) as staged:
+    with temporary_folder("patnet-quant-") as tmp, atomic_files(*outputs) as staged:
         fp32 = Path(tmp) / "fp32.onnx"
         report32 = export_model(model, fp32, "onnx", pre.img_size, dynamic_batch=True)
         int8 = staged / out.name

@@ -26,6 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data import open_rgb
+from ..io import atomic_path
 
 __all__ = ["CocoDataset", "detection_transform", "collate", "make_fashion_mnist_detection", "deepforest_to_coco"]
 
@@ -278,6 +279,12 @@ def collate(batch: Sequence[Optional[Tuple[Any, Dict[str, Any]]]]) -> Tuple[List
 # Generated data: Fashion-MNIST garments on canvases
 # ------------------------------------------------------------------------------------------------------------------
 
+def _save_image(image: Image.Image, path: Path) -> None:
+    """An image written atomically (a kill never leaves a truncated file under its final name)."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+
+
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A smooth colour gradient with low-frequency blobs and pixel noise."""
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -357,11 +364,12 @@ def make_fashion_mnist_detection(
                     "area": float(full.sum()), "segmentation": rle, "iscrowd": 0,
                 })
             name = f"{i:05d}.png"
-            Image.fromarray(canvas_img.astype(np.uint8)).save(img_dir / name)
+            _save_image(Image.fromarray(canvas_img.astype(np.uint8)), img_dir / name)
             images.append({"id": i + 1, "file_name": name, "width": canvas, "height": canvas})
         ann_path = out / f"{split}.json"
-        ann_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories,
-                                        "info": {"description": f"Fashion-MNIST composites, seed {seed}"}}))
+        with atomic_path(ann_path) as tmp:
+            tmp.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories,
+                                       "info": {"description": f"Fashion-MNIST composites, seed {seed}"}}))
         paths[split] = ann_path
         _log.info("wrote %d %s images with %d objects to %s", n_images, split, len(annotations), img_dir)
     return paths
@@ -433,7 +441,7 @@ def deepforest_to_coco(source: Path, out: Path, single_class: Optional[str] = No
                     continue
                 kept.append((label, cx1 - wx1, cy1 - wy1, cx2 - wx1, cy2 - wy1))
             name = image_name if len(windows) == 1 else f"{Path(image_name).stem}_{wx1}_{wy1}.png"
-            photo.crop((wx1, wy1, wx2, wy2)).save(img_dir / name)
+            _save_image(photo.crop((wx1, wy1, wx2, wy2)), img_dir / name)
             image_id = len(images) + 1
             images.append({"id": image_id, "file_name": name, "width": wx2 - wx1, "height": wy2 - wy1,
                            "source": image_name})
@@ -444,10 +452,11 @@ def deepforest_to_coco(source: Path, out: Path, single_class: Optional[str] = No
     if not images:
         raise ValueError(f"no annotated images found in {source}")
     ann_path = out / "annotations.json"
-    ann_path.write_text(json.dumps({
-        "images": images, "annotations": annotations,
-        "categories": [{"id": i, "name": n} for n, i in categories.items()],
-        "info": {"description": "deepforest example data (MIT licence), converted from Pascal VOC"},
-    }))
+    with atomic_path(ann_path) as tmp:
+        tmp.write_text(json.dumps({
+            "images": images, "annotations": annotations,
+            "categories": [{"id": i, "name": n} for n, i in categories.items()],
+            "info": {"description": "deepforest example data (MIT licence), converted from Pascal VOC"},
+        }))
     _log.info("wrote %d images, %d boxes to %s", len(images), len(annotations), ann_path)
     return ann_path
