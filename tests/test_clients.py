@@ -165,6 +165,19 @@ def test_smp_models_train_on_patnet(arch, size):
     assert model.encoder.model.stem.conv.weight.grad is not None
 
 
+@pytest.mark.parametrize("arch", ["DeepLabV3Plus", "PAN"])
+def test_smp_dilated_models_at_256_validate_under_inference_mode_then_train(arch):
+    # DeepLabV3+ and PAN ask timm for output_stride=16; smp's own testers validate under inference_mode.
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    model = getattr(smp, arch)("tu-patnet_t0", encoder_weights=None, classes=3)
+    assert model.encoder.model.feature_info.reduction()[-1] == 16
+    x = torch.randn(2, 3, 256, 256)
+    with torch.inference_mode():
+        assert model.eval()(x).shape == (2, 3, 256, 256)
+    model.train()(x).square().mean().backward()
+    assert model.encoder.model.stages_3.downsample.conv.weight.grad is not None
+
+
 def test_torchvision_faster_rcnn_on_a_hand_built_patnet_fpn():
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
