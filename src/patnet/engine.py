@@ -24,9 +24,10 @@ import math
 import os
 import random
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, TypeVar
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, TypeVar
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from .io import atomic_path, read_checkpoint
 
 __all__ = ["RunFolder", "RunFolderError", "NonFiniteError", "non_finite_tensors", "json_safe", "resume_config",
            "RESUME_MAY_CHANGE", "load_resume",
-           "init_distributed", "all_sum", "epoch_seed", "seed_everything", "load_checkpoint", "LossMeter"]
+           "init_distributed", "peer_failures", "PeerLostError", "all_sum", "epoch_seed", "seed_everything", "load_checkpoint", "LossMeter"]
 
 _log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ class RunFolderError(PatnetError):
 
 class NonFiniteError(PatnetError):
     """Weights or metrics became NaN / inf; nothing was written."""
+
+
+class PeerLostError(PatnetError):
+    """Another rank of a distributed run stopped (killed, crashed or hung past the process-group timeout)."""
 
 
 def non_finite_tensors(state: Mapping[str, Any]) -> List[str]:
@@ -168,6 +173,32 @@ def dist_timeout_seconds() -> float:
     if not value > 0:
         raise ValueError(f"PATNET_DIST_TIMEOUT must be a number of seconds above 0, got {raw!r}")
     return value
+
+
+# What the collectives raise when a peer is gone: gloo's "Connection reset/closed by peer" / "Timed out", NCCL's
+# watchdog, or torch's own DistError family (DistBackendError, DistNetworkError, DistStoreError).
+_PEER_SIGNS = ("connection reset", "connection closed", "connection refused", "timed out", "timeout", "gloo", "nccl",
+               "broken pipe")
+
+
+@contextmanager
+def peer_failures(d: _Dist, output: Path) -> Iterator[None]:
+    """Turn a lost peer in a distributed run into one :class:`PeerLostError` line naming this rank and the
+    checkpoint to resume from. A single-process run, or an error that is not a collective's, passes through."""
+    try:
+        yield
+    except RuntimeError as e:
+        if d.world <= 1 or isinstance(e, PatnetError):
+            raise
+        text = str(e)
+        if not (isinstance(e, dist.DistError) or any(s in text.lower() for s in _PEER_SIGNS)):
+            raise
+        reason = text.split("] ", 1)[-1].split(". ")[0].strip()[:160]
+        last = output / "last.pth"
+        where = (f"resume from {last} on {d.world} processes with --resume" if last.exists()
+                 else "no epoch was checkpointed yet; start the run again")
+        raise PeerLostError(f"rank {d.rank} of {d.world} lost the other ranks (one was stopped or killed): {reason}; "
+                            f"{where}") from e
 
 
 def all_sum(values: Sequence[float], d: _Dist) -> List[float]:

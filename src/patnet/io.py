@@ -1,5 +1,6 @@
 """Files: atomic writes and weights in safetensors with the architecture stored beside them."""
 import errno
+import fcntl
 import json
 import os
 import re
@@ -162,10 +163,24 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
 
 @contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the folder itself for a moment (no lock file to leave behind); released when the
+    block ends or the process dies."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextmanager
 def atomic_files(*paths: PathLike) -> Iterator[Path]:
     """Write several files as a unit: yield a temporary folder beside the first; the caller writes each target's
     name into it; on success every file replaces its target (in the order given, so put the one readers look
-    for last) and on any error nothing replaces anything and the folder is removed."""
+    for last) and on any error nothing replaces anything and the folder is removed. Concurrent writers of the same
+    targets commit one whole set after the other (a lock on the folder), so the last complete set wins, never a mix
+    of two."""
     targets = [check_writable(p) for p in paths]
     folder = targets[0].parent
     remove_stale_temporaries(folder, f".{targets[0].name}.")
@@ -175,8 +190,9 @@ def atomic_files(*paths: PathLike) -> Iterator[Path]:
         yield tmp
         for failing in targets:
             fsync_path(tmp / failing.name)
-        for failing in targets:
-            os.replace(tmp / failing.name, failing)
+        with _folder_lock(folder):  # two writers of one pair commit one after the other, never interleaved
+            for failing in targets:
+                os.replace(tmp / failing.name, failing)
         for parent in {t.parent for t in targets}:
             fsync_path(parent)
     except BaseException as e:

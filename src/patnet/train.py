@@ -33,7 +33,7 @@ from .data import (
 )
 from .engine import (  # noqa: F401  (init_distributed ... load_checkpoint: also this module's public names)
     LossMeter, NonFiniteError, RunFolder, _Dist, all_sum, epoch_seed, init_distributed, load_checkpoint, load_resume,
-    seed_everything,
+    peer_failures, seed_everything,
 )
 from .io import atomic_path
 
@@ -236,7 +236,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         cfg = replace(cfg, scale=SHORT_SCALE if tuple(cfg.scale) == tuple(defaults.scale) else cfg.scale,
                       crop_pct=SHORT_CROP_PCT if cfg.crop_pct == defaults.crop_pct else cfg.crop_pct)
     with RunFolder(Path(cfg.output), resume=resume_state is not None, overwrite=cfg.overwrite,
-                   enabled=d.main) as folder:
+                   enabled=d.main) as folder, peer_failures(d, Path(cfg.output)):
         return _train(cfg, d, resume_state, folder)
 
 

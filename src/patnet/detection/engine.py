@@ -23,7 +23,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..config import DetectConfig  # noqa: F401  (also this module's public name)
 from ..engine import (
-    LossMeter, RunFolder, epoch_seed, init_distributed, load_checkpoint, load_resume, seed_everything,
+    LossMeter, RunFolder, epoch_seed, init_distributed, load_checkpoint, load_resume, peer_failures,
+    seed_everything,
 )
 from ..errors import PatnetError
 from ..io import atomic_path
@@ -78,7 +79,8 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
     """
     d = init_distributed()
     cfg, state = load_resume(cfg, DetectConfig(), "patnet detect train")
-    with RunFolder(Path(cfg.output), resume=state is not None, overwrite=cfg.overwrite, enabled=d.main) as folder:
+    with RunFolder(Path(cfg.output), resume=state is not None, overwrite=cfg.overwrite, enabled=d.main) as folder, \
+            peer_failures(d, Path(cfg.output)):
         return _train_detector(cfg, d, state, folder)
 
 
