@@ -313,3 +313,25 @@ def test_coco_annotations_per_image_are_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr("patnet.detection.data.MAX_ANNOTATIONS_PER_IMAGE", 5)
     with pytest.raises(ValueError, match="more than 5 annotations"):
         CocoDataset(ann, img_dir, masks=False)
+
+
+@pytest.mark.slow
+def test_resume_alone_finishes_a_run_killed_before_its_evaluation(coco_data, tmp_path, capsys):
+    # A kill after the last epoch's checkpoint, before the COCO evaluation wrote coco_metrics.json: `--resume`
+    # alone (no --ann / --images: they come from the checkpoint) runs what is missing and nothing else.
+    root, paths = coco_data
+    out = tmp_path / "run"
+    assert main(["detect", "train", "--model", "patnet_t0", "--ann", str(paths["train"]), "--images",
+                 str(root / "train"), "--val-ann", str(paths["val"]), "--val-images", str(root / "val"),
+                 "--epochs", "1", "--batch-size", "2", "--img-size", "96", "--workers", "0", "--output", str(out),
+                 "--no-progress", "--warmup-iters", "2", "--max-iters-per-epoch", "2"]) == 0
+    first = json.loads((out / "coco_metrics.json").read_text())
+    (out / "coco_metrics.json").unlink()
+    log = (out / "log.jsonl").read_text()
+    assert main(["detect", "train", "--resume", str(out / "last.pth"), "--workers", "0", "--no-progress"]) == 0
+    assert json.loads((out / "coco_metrics.json").read_text())["boxes"] == first["boxes"]
+    assert (out / "log.jsonl").read_text() == log  # no epoch trained again
+    capsys.readouterr()
+    assert main(["detect", "train", "--output", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs --ann and --images" in err and not (tmp_path / "new").exists()

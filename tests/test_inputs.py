@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import patnet
+from patnet.cli import main
 from patnet.models.patnet import (
     EuclideanRelPosBias,
     PartialChannelAttention,
@@ -179,3 +180,57 @@ def test_invalid_constructor_arguments():
         patnet.PATNet(depths=(1, 2, 3))
     with pytest.raises(ValueError, match="heads"):
         patnet.PATNet(embed_dim=16, num_heads=5)
+
+
+# Round two of the hostile-input table: each is one line with exit status 2, before anything is allocated or written.
+@pytest.mark.parametrize("yaml_text, message", [
+    ("epochs: ten", "epochs: 'ten' is not a valid value"),
+    ("lr: [1, 2]", "lr: [1, 2] must be a single value"),
+    ("recipe: fast", "recipe: 'fast' is not one of auto, paper, short"),
+    ("scale: [0.5]", "scale: [0.5] must be a list of 2 values"),
+    ("progress: 3", "progress: 3 must be true or false"),
+])
+def test_config_file_values_of_the_wrong_type_are_one_line(tmp_path, capsys, yaml_text, message):
+    (tmp_path / "c.yaml").write_text(yaml_text + "\n")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("patnet: error: config file") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["export", "patnet_t0", "{tmp}/m.onnx", "--num-classes", "-5"], "num_classes must be 0 (no classifier) or more"),
+    (["export", "patnet_t0", "{tmp}/m.onnx", "--img-size", "60000", "60000"], "--img-size 60000x60000 is more than"),
+    (["train", "--img-size", "100000", "--output", "{tmp}/o"], "--img-size 100000x100000 is more than"),
+])
+def test_sizes_and_counts_out_of_range_are_refused_before_allocating(tmp_path, capsys, argv, message):
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("detector, message", [
+    ({"model": "patnet_t0"}, "malformed detection checkpoint (no 'num_classes')"),
+    ({"model": "patnet_t0", "num_classes": 2, "task": "boxes", "min_size": 96, "max_size": 10**6, "norm": "frozen",
+      "class_names": ["a", "b"]}, "longest resized side 1000000x1000000 is more than"),
+])
+def test_malformed_detection_checkpoints_are_one_line(tmp_path, capsys, detector, message):
+    from PIL import Image
+
+    torch.save({"detector": detector, "model": {}}, tmp_path / "det.pth")
+    Image.new("RGB", (64, 64)).save(tmp_path / "x.png")
+    assert main(["detect", "predict", "--checkpoint", str(tmp_path / "det.pth"), "--image", str(tmp_path / "x.png"),
+                 "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "o.png").exists()
+
+
+def test_model_files_above_the_size_bound_are_not_read(tmp_path, capsys, monkeypatch):
+    import patnet.deploy.runtime as runtime
+
+    (tmp_path / "m.onnx").write_bytes(b"\0" * 4096)  # not even a model: the size is refused before any parse
+    monkeypatch.setattr(runtime, "MAX_MODEL_BYTES", 1000)
+    assert main(["validate", "--onnx", str(tmp_path / "m.onnx"), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is 4,096 bytes, more than the 1,000 a model file may be" in err and err.count("\n") == 1

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .config import AUTO_PAPER_EPOCHS, resume_help
 from .errors import PatnetError
@@ -231,7 +231,37 @@ def _yaml_defaults(parser: argparse.ArgumentParser, argv: List[str]) -> None:
     unknown = [k for k in values if k.replace("-", "_") not in dests]
     if unknown:
         raise ValueError(f"config file {known.config} has unknown keys {unknown}")
-    parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
+    actions = {a.dest: a for a in parser._actions}
+    parser.set_defaults(**{k.replace("-", "_"): _yaml_value(known.config, k, v, actions[k.replace("-", "_")])
+                           for k, v in values.items()})
+
+
+def _yaml_value(config: Path, key: str, value: Any, action: argparse.Action) -> Any:
+    """A config-file value checked and converted as its flag would be (type, count, choices), or a one-line error."""
+    def bad(why: str) -> ValueError:
+        return ValueError(f"config file {config}: {key}: {value!r} {why}")
+
+    if action.nargs == 0:  # a switch (store_true / store_false)
+        if not isinstance(value, bool):
+            raise bad("must be true or false")
+        return action.const if value else action.default
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    items = value if isinstance(value, list) else [value]
+    if not many and isinstance(value, (list, dict)) or any(isinstance(v, (list, dict)) for v in items):
+        raise bad("must be a single value" if not many else "must be a list of plain values")
+    if isinstance(action.nargs, int) and len(items) != action.nargs:
+        raise bad(f"must be a list of {action.nargs} values")
+    convert = action.type if callable(action.type) else (lambda s: s)
+    out = []
+    for v in items:
+        try:
+            v = v if v is None else convert(str(v).lower() if isinstance(v, bool) else str(v))
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            raise bad(f"is not a valid value ({e})") from None
+        if action.choices is not None and v not in action.choices:
+            raise bad(f"is not one of {', '.join(map(str, action.choices))}")
+        out.append(v)
+    return out if many else out[0]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -360,7 +390,8 @@ def _cmd_detect_train(args: argparse.Namespace) -> int:
     from .detection.engine import DetectConfig, train_detector
 
     names = {f.name for f in fields(DetectConfig)}
-    cfg = DetectConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k in names})
+    given = {k: v for k, v in vars(args).items() if k in names and not (k in ("ann", "images") and v is None)}
+    cfg = DetectConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in given.items()})
     metrics = train_detector(cfg)
     if _is_rank0():
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
@@ -420,8 +451,8 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
 
     p = dsub.add_parser("train", help="train a detector (evaluates on --val-ann at the end)")
     p.add_argument("--model", default=d.model, help="backbone: any timm features_only model (default %(default)s)")
-    p.add_argument("--ann", required=True, type=Path, help="training COCO JSON")
-    p.add_argument("--images", required=True, type=Path, help="training image folder")
+    p.add_argument("--ann", type=Path, help="training COCO JSON (needed unless --resume)")
+    p.add_argument("--images", type=Path, help="training image folder (needed unless --resume)")
     p.add_argument("--val-ann", type=Path)
     p.add_argument("--val-images", type=Path)
     p.add_argument("--task", choices=["boxes", "masks"], default=d.task, help="Faster R-CNN or Mask R-CNN")

@@ -38,6 +38,7 @@ __all__ = [
     "KNOWN_IDX_DATASETS",
     "open_rgb",
     "MAX_IMAGE_PIXELS",
+    "check_input_size",
     "MAX_IDX_BYTES",
 ]
 
@@ -60,6 +61,16 @@ FASHION_MNIST_CLASSES = (
 # Largest image decoded, in pixels (PATNET_MAX_IMAGE_PIXELS overrides): a 40 Mpx photo is 120 MB as RGB; anything
 # larger (or a decompression bomb) is refused before decoding instead of taking the machine's memory.
 MAX_IMAGE_PIXELS = int(os.environ.get("PATNET_MAX_IMAGE_PIXELS", 40_000_000))
+
+
+def check_input_size(height: int, width: int, what: str) -> None:
+    """Refuse an input size (from a flag, a file's metadata or a checkpoint) whose tensors would exceed the same
+    ``MAX_IMAGE_PIXELS`` bound decoded images have, before anything is allocated."""
+    if not (isinstance(height, int) and isinstance(width, int)) or height < 1 or width < 1:
+        raise ValueError(f"{what} must be positive whole numbers of pixels, got {height}x{width}")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{what} {height}x{width} is more than the {MAX_IMAGE_PIXELS:,} pixels allowed per image "
+                         "(set PATNET_MAX_IMAGE_PIXELS to raise it)")
 
 
 def open_rgb(path: Any, max_pixels: Optional[int] = None) -> Image.Image:

@@ -29,7 +29,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .config import AUTO_PAPER_EPOCHS, RECIPE_NAMES, TrainConfig, auto_recipe  # noqa: F401  (public here too)
 from .data import (
-    SplitView, build_dataset, build_transform, collate_skip_bad, dataset_labels, holdout_indices, resolve_dataset,
+    SplitView, build_dataset, check_input_size, build_transform, collate_skip_bad, dataset_labels, holdout_indices, resolve_dataset,
 )
 from .engine import (  # noqa: F401  (init_distributed ... load_checkpoint: also this module's public names)
     LossMeter, NonFiniteError, RunFolder, _Dist, all_sum, epoch_seed, init_distributed, load_checkpoint, load_resume,
@@ -274,6 +274,7 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--val-split must be a fraction between 0 and 1, got {cfg.val_split}")
     if cfg.img_size < 32:
         raise ValueError(f"--img-size must be at least 32, got {cfg.img_size}")
+    check_input_size(cfg.img_size, cfg.img_size, "--img-size")
     if cfg.auto_augment not in (None, "none"):
         from timm.data.auto_augment import rand_augment_transform
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..config import DEFAULT_TOLERANCE, ONNX_OPSET
+from ..data import check_input_size
 from ..errors import PatnetError
 from ..io import atomic_path, check_writable
 from .runtime import ModelRunner, Preprocess, require, write_preprocess
@@ -185,6 +186,7 @@ def export_model(
         require("onnxruntime")
     if len(img_size) != 2 or min(img_size) < 1:
         raise ValueError(f"image size must be two positive numbers (H W), got {list(img_size)}")
+    check_input_size(int(img_size[0]), int(img_size[1]), "--img-size")
     if fmt == "onnx" and not 14 <= opset <= MAX_OPSET:
         raise ValueError(f"ONNX opset {opset} is not supported; use 14 to {MAX_OPSET} (default {ONNX_OPSET})")
     path = check_writable(out)

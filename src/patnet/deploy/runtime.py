@@ -7,6 +7,7 @@ imports neither. A file is an ONNX model (``.onnx``, run by ONNX Runtime) or an 
 """
 import importlib.util
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
@@ -14,6 +15,8 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 import torch.nn as nn
+
+from ..data import build_dataset, build_transform, check_input_size, collate_skip_bad, resolve_dataset
 
 __all__ = ["Preprocess", "ModelRunner", "open_model_file", "ort_session", "openvino_compiled", "read_preprocess",
            "write_preprocess", "image_batches", "evaluate_file", "require"]
@@ -39,6 +42,9 @@ class Preprocess:
     interpolation: str
     num_classes: int
     model: str = ""
+
+    def __post_init__(self) -> None:
+        check_input_size(*self.img_size, what="input size")  # from a flag, or from a file's metadata
 
     @classmethod
     def for_model(cls, model: nn.Module, name: str, img_size: Optional[Sequence[int]] = None,
@@ -98,6 +104,20 @@ def openvino_compiled(model: Any, threads: int = 0) -> Any:
     return core.compile_model(model, "CPU", config)
 
 
+# Largest model file (with an IR's .bin) loaded, in bytes (PATNET_MAX_MODEL_BYTES overrides): PATNet-L in fp32 is
+# ~0.4 GB and protobuf caps an ONNX file without external data at 2 GB, so a larger file is a mistake or an attack.
+MAX_MODEL_BYTES = int(os.environ.get("PATNET_MAX_MODEL_BYTES", 2 << 30))
+
+
+def check_model_size(path: Path) -> None:
+    """Refuse a model file (and an IR's weights) above ``MAX_MODEL_BYTES`` before any runtime reads it."""
+    files = [path, path.with_suffix(".bin")] if path.suffix == IR_SUFFIX else [path]
+    size = sum(f.stat().st_size for f in files if f.is_file())
+    if size > MAX_MODEL_BYTES:
+        raise ValueError(f"{path} is {size:,} bytes, more than the {MAX_MODEL_BYTES:,} a model file may be "
+                         "(set PATNET_MAX_MODEL_BYTES to raise it)")
+
+
 class ModelRunner:
     """A deployed classifier file ready to run: ``runner(images) -> logits`` on float32 NCHW numpy batches.
 
@@ -107,6 +127,7 @@ class ModelRunner:
 
     def __init__(self, path: Union[str, Path], threads: int = 0, runtime: Optional[str] = None) -> None:
         self.path = Path(path)
+        check_model_size(self.path)
         self.runtime = runtime or ("openvino" if self.path.suffix == IR_SUFFIX else "onnxruntime")
         if self.runtime == "openvino":
             self._compiled = openvino_compiled(self.path, threads)
@@ -131,6 +152,7 @@ def open_model_file(path: Union[str, Path], threads: int = 0) -> ModelRunner:
         raise FileNotFoundError(f"model file {path} does not exist")
     if path.suffix == IR_SUFFIX and not path.with_suffix(".bin").is_file():
         raise FileNotFoundError(f"OpenVINO IR {path} has no weights file {path.with_suffix('.bin')} beside it")
+    check_model_size(path)
     try:
         return ModelRunner(path, threads)
     except (ImportError, FileNotFoundError):
@@ -177,7 +199,6 @@ def image_batches(data: str, split: str, pre: Preprocess, limit: int, batch_size
     transform, as (images float32 NCHW, labels) batches; a seeded random subset when ``seed`` is not None."""
     from torch.utils.data import DataLoader, Subset
 
-    from ..data import build_dataset, build_transform, collate_skip_bad, resolve_dataset
 
     info = resolve_dataset(data)
     if pre.img_size[0] != pre.img_size[1]:
@@ -207,7 +228,6 @@ def evaluate_file(path: Union[str, Path], data: str, batch_size: int = 64, max_i
     """
     from tqdm.auto import tqdm
 
-    from ..data import resolve_dataset
 
     path = Path(path)
     runner = open_model_file(path, threads)

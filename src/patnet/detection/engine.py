@@ -65,9 +65,14 @@ def load_detector(checkpoint: Path, map_location: str = "cpu") -> nn.Module:
     if "detector" not in state:
         raise ValueError(f"{checkpoint} is not a detection checkpoint of patnet (no 'detector' entry)")
     d = state["detector"]
-    model = build_detector(d["model"], d["num_classes"], d["task"], d["min_size"], d["max_size"], norm=d["norm"])
-    model.load_state_dict(state["model"])
-    model.class_names = d["class_names"]
+    try:
+        model = build_detector(d["model"], d["num_classes"], d["task"], d["min_size"], d["max_size"], norm=d["norm"])
+        model.load_state_dict(state["model"])
+        model.class_names = list(d["class_names"])
+    except (KeyError, TypeError, AttributeError, RuntimeError) as e:
+        what = f"no {e}" if isinstance(e, KeyError) else str(e).splitlines()[0][:200]
+        raise ValueError(f"{checkpoint} is a malformed detection checkpoint ({what}); use a last.pth or best.pth "
+                         "that patnet detect train wrote") from None
     return model.eval()
 
 
@@ -79,6 +84,9 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
     """
     d = init_distributed()
     cfg, state = load_resume(cfg, DetectConfig(), "patnet detect train")
+    if not (cfg.ann and cfg.images):
+        raise ValueError("patnet detect train needs --ann and --images (training COCO JSON and image folder), or "
+                         "--resume RUN/last.pth to continue a run")
     with RunFolder(Path(cfg.output), resume=state is not None, overwrite=cfg.overwrite, enabled=d.main) as folder, \
             peer_failures(d, Path(cfg.output)):
         return _train_detector(cfg, d, state, folder)

@@ -12,6 +12,8 @@ from typing import Dict, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..data import check_input_size
+
 __all__ = ["TimmFpnBackbone", "build_backbone", "build_detector", "NORM_MODES"]
 
 _log = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ def build_detector(
         raise ValueError(f"task must be 'boxes' or 'masks', got {task!r}")
     if min_size < 64:
         raise ValueError(f"min_size {min_size} is too small for a 32x backbone with an FPN; use at least 64")
+    check_input_size(max_size, max_size, "the detector's longest resized side")
     body = build_backbone(backbone, checkpoint, act_layer, trainable_stages, norm)
     cls = MaskRCNN if task == "masks" else FasterRCNN
     return cls(body, num_classes=num_classes + 1, min_size=min_size, max_size=max_size,

@@ -746,6 +746,8 @@ class PATNet(nn.Module):
         dd = dict(device=device, dtype=dtype)
         if len(depths) != 4 or min(depths) < 1:
             raise ValueError(f"PATNet needs 4 stages of at least one block each, got depths={tuple(depths)}")
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"PATNet num_classes must be 0 (no classifier) or more, got {num_classes!r}")
         strides = [patch_size * merge_size ** i for i in range(1, len(depths))]
         if output_stride not in strides:
             raise ValueError(f"PATNet output_stride must be one of {strides}, got {output_stride!r}")
