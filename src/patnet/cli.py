@@ -227,11 +227,10 @@ def _yaml_defaults(parser: argparse.ArgumentParser, argv: List[str]) -> None:
         raise ValueError(f"config file {known.config} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise ValueError(f"config file {known.config} must map flag names to values, got a {type(values).__name__}")
-    dests = {a.dest for a in parser._actions}
-    unknown = [k for k in values if k.replace("-", "_") not in dests]
+    actions = {a.dest: a for a in parser._actions}
+    unknown = [k for k in values if k.replace("-", "_") not in actions]
     if unknown:
         raise ValueError(f"config file {known.config} has unknown keys {unknown}")
-    actions = {a.dest: a for a in parser._actions}
     parser.set_defaults(**{k.replace("-", "_"): _yaml_value(known.config, k, v, actions[k.replace("-", "_")])
                            for k, v in values.items()})
 

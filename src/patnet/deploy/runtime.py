@@ -110,7 +110,8 @@ MAX_MODEL_BYTES = int(os.environ.get("PATNET_MAX_MODEL_BYTES", 2 << 30))
 
 
 def check_model_size(path: Path) -> None:
-    """Refuse a model file (and an IR's weights) above ``MAX_MODEL_BYTES`` before any runtime reads it."""
+    """Refuse a model file (and an IR's weights) above ``MAX_MODEL_BYTES`` before any runtime reads it (called by
+    ``open_model_file``, the entry for files a user names; ``ModelRunner`` alone runs files this package wrote)."""
     files = [path, path.with_suffix(".bin")] if path.suffix == IR_SUFFIX else [path]
     size = sum(f.stat().st_size for f in files if f.is_file())
     if size > MAX_MODEL_BYTES:
@@ -127,7 +128,6 @@ class ModelRunner:
 
     def __init__(self, path: Union[str, Path], threads: int = 0, runtime: Optional[str] = None) -> None:
         self.path = Path(path)
-        check_model_size(self.path)
         self.runtime = runtime or ("openvino" if self.path.suffix == IR_SUFFIX else "onnxruntime")
         if self.runtime == "openvino":
             self._compiled = openvino_compiled(self.path, threads)
@@ -199,7 +199,6 @@ def image_batches(data: str, split: str, pre: Preprocess, limit: int, batch_size
     transform, as (images float32 NCHW, labels) batches; a seeded random subset when ``seed`` is not None."""
     from torch.utils.data import DataLoader, Subset
 
-
     info = resolve_dataset(data)
     if pre.img_size[0] != pre.img_size[1]:
         raise ValueError(f"square images only for now, got {pre.img_size}")
@@ -227,7 +226,6 @@ def evaluate_file(path: Union[str, Path], data: str, batch_size: int = 64, max_i
     without it needs ``img_size`` and gets ImageNet mean/std and crop 0.9.
     """
     from tqdm.auto import tqdm
-
 
     path = Path(path)
     runner = open_model_file(path, threads)
