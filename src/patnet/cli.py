@@ -546,8 +546,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"patnet: error: {e}", file=sys.stderr)
             return 2
     args = parser.parse_args(argv)
-    import patnet.models  # noqa: F401  (registers PATNet with timm; deferred by the launcher until a command runs)
-
     # Our messages at INFO; other libraries' (ONNX Runtime's quantizer logs every bias copy at INFO) at WARNING.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
