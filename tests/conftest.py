@@ -1,4 +1,5 @@
-"""Shared fixtures: the parity vectors (copied from ../shared/parity, made by running the authors' code)."""
+"""Shared helpers and fixtures: the parity vectors (copied from ../shared/parity, made by running the authors' code),
+small datasets, a small training configuration, export tolerances."""
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,54 @@ def make_image_folder(root: Path, classes=("a", "b"), per_class: int = 6, size: 
                 mode = ("L", "RGB", "RGBA")[i % 3]
                 Image.fromarray(arr).convert(mode).save(folder / f"{i}.png")
     return root
+
+
+# An export must match PyTorch within this fraction of the largest logit (config.DEFAULT_TOLERANCE's bar).
+REL_TOL = 1e-5
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def randomise_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """Random BatchNorm statistics and affines, so folding them is actually tested."""
+    import patnet
+
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g) * 0.5 + 1)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+        if isinstance(m, patnet.models.patnet.EuclideanRelPosBias):
+            m.bias_table.data.normal_(generator=g)
+    return model
+
+
+def small_run(data, out, **kw):
+    """A TrainConfig that trains patnet_t0 for 2 epochs at 32 px on a few images, with the recipe's randomness off."""
+    from patnet.config import TrainConfig
+
+    base = dict(model="patnet_t0", data=str(data), output=str(out), epochs=2, batch_size=16, img_size=32,
+                workers=0, progress=False, seed=3, mixup=0.0, cutmix=0.0, auto_augment="none", scale=(0.6, 1.0),
+                crop_pct=1.0, lr=2e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def interrupt_at_epoch(monkeypatch, epoch_index: int) -> None:
+    """Make a run stop with KeyboardInterrupt as epoch ``epoch_index`` begins (its seeding is the hook)."""
+    import patnet.train as T
+
+    real = T.seed_everything
+    calls = {"n": 0}
+
+    def seed(s):
+        if calls["n"] == epoch_index + 1:  # the first call seeds the initial weights
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        real(s)
+
+    monkeypatch.setattr(T, "seed_everything", seed)

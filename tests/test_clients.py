@@ -7,11 +7,9 @@ import torch
 
 import patnet  # noqa: F401
 
+from conftest import rel_err
+
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-
-
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 def test_inference_mode_does_not_poison_training():
@@ -51,7 +49,7 @@ def test_jit_trace_passes_its_check(fused):
         model(X)  # a cached index from an eager call must not leak into the trace
         traced = torch.jit.trace(model, X, check_trace=True)  # raises when the graph differs across invocations
         y = torch.randn(2, 3, 64, 64)
-        assert _rel_err(traced(y), model(y)) < 1e-5
+        assert rel_err(traced(y), model(y)) < 1e-5
 
 
 def test_openvino_converts_the_pytorch_module():
@@ -60,7 +58,7 @@ def test_openvino_converts_the_pytorch_module():
     compiled = ov.compile_model(ov.convert_model(model, example_input=X), "CPU",
                                 {"INFERENCE_PRECISION_HINT": "f32"})
     with torch.no_grad():
-        assert _rel_err(torch.from_numpy(compiled(X.numpy())[0]), model(X)) < 1e-4
+        assert rel_err(torch.from_numpy(compiled(X.numpy())[0]), model(X)) < 1e-4
 
 
 def test_dynamo_onnx_export_keeps_the_batch_dynamic(tmp_path):
@@ -76,7 +74,7 @@ def test_dynamo_onnx_export_keeps_the_batch_dynamic(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     y = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
-        assert _rel_err(torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: y.numpy()})[0]), model(y)) < 1e-4
+        assert rel_err(torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: y.numpy()})[0]), model(y)) < 1e-4
 
 
 def test_torch_export_with_dynamic_batch():
@@ -87,7 +85,7 @@ def test_torch_export_with_dynamic_batch():
     ep = torch.export.export(model, (torch.randn(2, 3, 64, 64),), dynamic_shapes=({0: Dim("batch", max=64)},))
     y = torch.randn(5, 3, 64, 64)
     with torch.no_grad():
-        assert _rel_err(ep.module()(y), model(y)) < 1e-5
+        assert rel_err(ep.module()(y), model(y)) < 1e-5
 
 
 @pytest.mark.parametrize("pool", ["avg", "max", "avgmax", "catavgmax"])
@@ -144,7 +142,7 @@ def test_output_stride_dilates_the_last_stages(output_stride):
     from timm.utils import reparameterize_model
 
     with torch.no_grad():
-        assert _rel_err(reparameterize_model(model)(x), model(x)) < 1e-5  # the inference form keeps the dilation
+        assert rel_err(reparameterize_model(model)(x), model(x)) < 1e-5  # the inference form keeps the dilation
 
 
 def test_output_stride_outside_the_stage_strides_is_refused():

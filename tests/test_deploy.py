@@ -12,28 +12,7 @@ from patnet.cli import main
 from patnet.deploy import ExportError, deploy_form, export_model
 from patnet.models.patnet import FusedPatAttnBlock, FusedPatBlock
 
-from conftest import PARITY_FILES, load_parity
-
-REL_TOL = 1e-5
-
-
-def _rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def _randomise_bn(model):
-    """Random BatchNorm statistics and affines, so folding them is actually tested."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(m.num_features, generator=g) * 0.5 + 1)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-        if isinstance(m, patnet.models.patnet.EuclideanRelPosBias):
-            m.bias_table.data.normal_(generator=g)
-    return model
-
+from conftest import PARITY_FILES, REL_TOL, load_parity, randomise_bn, rel_err
 
 @pytest.mark.parametrize("name", PARITY_FILES)
 def test_fused_official_model_reproduces_authors_logits(name):
@@ -42,21 +21,21 @@ def test_fused_official_model_reproduces_authors_logits(name):
     fused = reparameterize_model(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     with torch.no_grad():
-        assert _rel_err(fused(d["input"]), d["logits"]) < REL_TOL
+        assert rel_err(fused(d["input"]), d["logits"]) < REL_TOL
 
 
 @pytest.mark.parametrize("name", list(patnet.VARIANTS))
 @pytest.mark.parametrize("size", [(64, 64), (96, 160)])
 def test_fusion_equivalence_every_variant(name, size):
-    model = _randomise_bn(timm.create_model(name, num_classes=10)).eval()
+    model = randomise_bn(timm.create_model(name, num_classes=10)).eval()
     fused = reparameterize_model(model)
     blocks = [m for m in fused.modules() if isinstance(m, (FusedPatBlock, FusedPatAttnBlock))]
     assert len(blocks) == sum(model.arch_args["depths"])
     assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)) for m in fused.modules())
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
-        assert _rel_err(fused(x), model(x)) < REL_TOL
-        assert _rel_err(fused(x[:1]), model(x[:1])) < REL_TOL
+        assert rel_err(fused(x), model(x)) < REL_TOL
+        assert rel_err(fused(x[:1]), model(x[:1])) < REL_TOL
 
 
 @pytest.mark.parametrize("name", ["patnet_t0", "patnet_t1"])
@@ -79,7 +58,7 @@ def test_deployed_parameter_count_is_the_folded_count(name):
 def test_inference_form_graph_is_weight_stationary_and_4d(tmp_path):
     """Every Conv of the exported form has a constant weight; the only MatMuls are attention's two activation
     products; PAT_ch's statistics reduce over H, W without reshaping the map (what OpenVINO reorders for)."""
-    model = _randomise_bn(timm.create_model("patnet_t1", num_classes=4))
+    model = randomise_bn(timm.create_model("patnet_t1", num_classes=4))
     out = tmp_path / "s.onnx"
     export_model(model, out, img_size=(64, 64))
     graph = onnx.load(str(out)).graph
@@ -109,12 +88,12 @@ def test_fused_features_only_and_fasternet_baseline():
     x = torch.randn(1, 3, 96, 64)
     with torch.no_grad():
         for a, b in zip(fused(x), feats(x)):
-            assert _rel_err(a, b) < REL_TOL
+            assert rel_err(a, b) < REL_TOL
     fn = timm.create_model("fasternet_t0").eval()
     folded = deploy_form(fn)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
-        assert _rel_err(folded(x), fn(x)) < REL_TOL
+        assert rel_err(folded(x), fn(x)) < REL_TOL
 
 
 def test_fused_model_scripts():
@@ -127,7 +106,7 @@ def test_fused_model_scripts():
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_verified_dynamic_batch(tmp_path, fmt):
-    model = _randomise_bn(timm.create_model("patnet_t1", num_classes=5))
+    model = randomise_bn(timm.create_model("patnet_t1", num_classes=5))
     out = tmp_path / f"m.{fmt}"
     report = export_model(model, out, fmt, img_size=(64, 96), dynamic_batch=True)
     assert out.is_file() and set(report.max_rel_error) == {1, 8}

@@ -11,7 +11,7 @@ from patnet.engine import NonFiniteError, RunFolder, RunFolderError, json_safe
 from patnet.train import TrainConfig, train
 
 from conftest import make_idx_dataset
-from test_train import _cfg, _interrupt_at_epoch
+from conftest import interrupt_at_epoch, small_run
 
 
 @pytest.fixture()
@@ -39,12 +39,12 @@ def test_second_training_run_is_refused_by_the_cli(idx_data, tmp_path, capsys):
 
 
 def test_finished_folder_needs_resume_or_overwrite(idx_data, tmp_path):
-    train(_cfg(idx_data, tmp_path / "run", epochs=1))
+    train(small_run(idx_data, tmp_path / "run", epochs=1))
     before = (tmp_path / "run" / "last.pth").read_bytes()
     with pytest.raises(RunFolderError, match="already holds a run.*--resume.*--overwrite"):
-        train(_cfg(idx_data, tmp_path / "run", epochs=1, seed=7))
+        train(small_run(idx_data, tmp_path / "run", epochs=1, seed=7))
     assert (tmp_path / "run" / "last.pth").read_bytes() == before  # nothing of the refused run was written
-    res = train(_cfg(idx_data, tmp_path / "run", epochs=1, seed=7, overwrite=True))
+    res = train(small_run(idx_data, tmp_path / "run", epochs=1, seed=7, overwrite=True))
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["seed"] == 7 == res["seed"]
 
 
@@ -76,7 +76,7 @@ def test_metrics_json_is_strict_json():
 def test_diverged_training_stops_before_writing(idx_data, tmp_path):
     """A learning rate that blows the weights up ends the run with one message; no NaN checkpoint or JSON."""
     with pytest.raises(NonFiniteError, match="NaN/inf at epoch 1|loss became"):
-        train(_cfg(idx_data, tmp_path / "run", epochs=2, lr=1e30))
+        train(small_run(idx_data, tmp_path / "run", epochs=2, lr=1e30))
     assert not (tmp_path / "run" / "last.pth").exists() and not (tmp_path / "run" / "metrics.json").exists()
 
 
@@ -94,10 +94,10 @@ def test_best_is_written_before_last(idx_data, tmp_path, monkeypatch):
     monkeypatch.setattr(RunFolder, "_save", staticmethod(save))
     base = dict(epochs=3, lr=5e-3)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(idx_data, tmp_path / "run", **base))
+        train(small_run(idx_data, tmp_path / "run", **base))
     assert order[:2] == ["best.pth", "last.pth"]
     monkeypatch.setattr(RunFolder, "_save", staticmethod(real))
-    train(_cfg(idx_data, tmp_path / "run", resume=str(tmp_path / "run" / "last.pth"), **base))
+    train(small_run(idx_data, tmp_path / "run", resume=str(tmp_path / "run" / "last.pth"), **base))
     last = torch.load(tmp_path / "run" / "last.pth", weights_only=False)
     best = torch.load(tmp_path / "run" / "best.pth", weights_only=False)
     assert best["epoch"] + 1 == last["best"]["epoch"]  # best.pth is the epoch that last.pth calls best
@@ -107,9 +107,9 @@ def test_best_is_written_before_last(idx_data, tmp_path, monkeypatch):
 def test_resume_restores_the_runs_own_arguments(idx_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
-        _interrupt_at_epoch(mp, 1)
+        interrupt_at_epoch(mp, 1)
         with pytest.raises(KeyboardInterrupt):
-            train(_cfg(idx_data, out, epochs=2, lr=3e-3, seed=5))
+            train(small_run(idx_data, out, epochs=2, lr=3e-3, seed=5))
     # --resume alone: the model, data, schedule and output folder come from the checkpoint.
     res = train(TrainConfig(resume=str(out / "last.pth"), workers=0, progress=False))
     assert res["epochs"] == 2 and res["seed"] == 5 and res["img_size"] == 32

@@ -12,7 +12,6 @@ from patnet.cli import main
 from patnet.deploy import QuantizeError, quantize_model
 
 from conftest import make_idx_dataset, make_image_folder
-from test_deploy import REL_TOL, _randomise_bn, _rel_err
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from patnet.engine import RunFolder, RunFolderError
 from patnet.train import train
 
 from conftest import make_idx_dataset
-from test_train import _cfg
+from conftest import small_run
 
 
 @pytest.fixture()
@@ -129,7 +129,7 @@ def test_atomic_files_write_as_a_unit(tmp_path):
 
 
 def test_resume_writes_to_the_checkpoints_folder_not_the_one_stored_in_it(idx_data, tmp_path):
-    train(_cfg(idx_data, tmp_path / "run1", epochs=1))
+    train(small_run(idx_data, tmp_path / "run1", epochs=1))
     theirs = tmp_path / "downloaded"
     theirs.mkdir()
     (theirs / "last.pth").write_bytes((tmp_path / "run1" / "last.pth").read_bytes())  # its config says run1
@@ -141,7 +141,7 @@ def test_resume_writes_to_the_checkpoints_folder_not_the_one_stored_in_it(idx_da
 
 def test_run_killed_after_its_last_checkpoint_finishes_on_resume(idx_data, tmp_path):
     run = tmp_path / "run"
-    train(_cfg(idx_data, run, epochs=2))
+    train(small_run(idx_data, run, epochs=2))
     (run / "metrics.json").unlink()  # what a kill between last.pth and the final writes leaves
     log = (run / "log.jsonl").read_text().splitlines()
     (run / "log.jsonl").write_text(log[0] + "\n")
@@ -152,7 +152,7 @@ def test_run_killed_after_its_last_checkpoint_finishes_on_resume(idx_data, tmp_p
 
 def test_resume_with_more_epochs_extends_the_run(idx_data, tmp_path, capsys):
     run = tmp_path / "run"
-    train(_cfg(idx_data, run, epochs=2))
+    train(small_run(idx_data, run, epochs=2))
     assert main(["train", "--resume", str(run / "last.pth"), "--epochs", "1", "--no-progress"]) == 2
     assert "--epochs 1 (the run is set for 2; a resume can only extend it)" in capsys.readouterr().err
     assert main(["train", "--resume", str(run / "last.pth"), "--epochs", "3", "--no-progress"]) == 0
@@ -163,17 +163,24 @@ def test_resume_with_more_epochs_extends_the_run(idx_data, tmp_path, capsys):
     assert "already finished its 3 epochs" in capsys.readouterr().err
 
 
-def test_resume_rules_name_real_options_and_the_help_lists_them(capsys):
+@pytest.mark.parametrize("argv,cls", [(["train"], "TrainConfig"), (["detect", "train"], "DetectConfig")])
+def test_every_run_option_is_a_flag_and_the_resume_help_lists_what_a_resume_may_change(argv, cls, capsys):
     from dataclasses import fields
 
-    from patnet.config import RESUME_MAY_CHANGE, DetectConfig, TrainConfig, resume_help
+    import patnet.config as config
 
-    names = {f.name for f in fields(TrainConfig)} | {f.name for f in fields(DetectConfig)}
-    assert RESUME_MAY_CHANGE <= names, RESUME_MAY_CHANGE - names
+    options = fields(getattr(config, cls))
     with pytest.raises(SystemExit):
-        main(["train", "--help"])
+        main(argv + ["--help"])
     shown = "".join(capsys.readouterr().out.split())  # argparse wraps (and breaks words at hyphens)
-    assert "".join(resume_help().split()) in shown and "--no-progress" in resume_help()
+    for f in options:
+        flag = ("--no-" if f.default is True else "--") + f.name.replace("_", "-")
+        assert f"[{flag}" in shown, flag
+    changeable = {f.name for f in options if config.may_change_on_resume(f)}
+    assert {"workers", "progress", "resume"} <= changeable and not {"lr", "epochs", "model", "data"} & changeable
+    resume_help = "".join(config.resume_help(getattr(config, cls)).split())
+    assert resume_help in shown and "--no-progress" in resume_help and "--workers" in resume_help
+    assert "--lr," not in resume_help and "--model," not in resume_help
 
 
 def test_no_command_writes_over_its_own_input(idx_data, tmp_path, capsys):
@@ -196,7 +203,7 @@ def test_no_command_writes_over_its_own_input(idx_data, tmp_path, capsys):
         assert "also this command's input" in capsys.readouterr().err
     assert official.read_bytes() == before and (tmp_path / "official.json").read_bytes() == before
     run = tmp_path / "run"
-    train(_cfg(idx_data, run, epochs=1))
+    train(small_run(idx_data, run, epochs=1))
     metrics = (run / "metrics.json").read_text()
     assert main(["validate", "--model", "patnet_t0", "--checkpoint", str(run / "best.pth"), "--data", str(idx_data),
                  "--img-size", "32", "--output", str(run)]) == 2
@@ -206,11 +213,11 @@ def test_no_command_writes_over_its_own_input(idx_data, tmp_path, capsys):
 @pytest.mark.parametrize("flag, value, message", [
     ("--clip-grad", "-1", "--clip-grad must be a finite number >= 0"),
     ("--model-ema-decay", "5", "--model-ema-decay must be in (0, 1)"),
-    ("--smoothing", "1", "--smoothing must be below 1"),
+    ("--smoothing", "1", "--smoothing must be in [0, 1)"),
     ("--min-lr", "nan", "--min-lr must be a finite number >= 0"),
     ("--max-train-batches", "-1", "--max-train-batches must be at least 1"),
     ("--max-val-batches", "0", "--max-val-batches must be at least 1"),
-    ("--workers", "-2", "--workers must be 0 or more"),
+    ("--workers", "-2", "--workers must be at least 0"),
 ])
 def test_silent_wrong_training_flags_are_refused_before_any_work(tmp_path, capsys, flag, value, message):
     out = tmp_path / "o"
@@ -221,7 +228,7 @@ def test_silent_wrong_training_flags_are_refused_before_any_work(tmp_path, capsy
 
 def test_workers_are_capped_to_the_cores(idx_data, tmp_path, caplog):
     with caplog.at_level("INFO", logger="patnet"):
-        train(_cfg(idx_data, tmp_path / "run", epochs=1, workers=64, max_train_batches=1, max_val_batches=1))
+        train(small_run(idx_data, tmp_path / "run", epochs=1, workers=64, max_train_batches=1, max_val_batches=1))
     assert "--workers 64 capped to the" in caplog.text
 
 
@@ -280,7 +287,7 @@ def finished_runs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("inputs")
     data = make_idx_dataset(root / "idx", n_train=48, n_val=24)
-    train(_cfg(data, root / "cls", epochs=1))
+    train(small_run(data, root / "cls", epochs=1))
     ann, img = _tiny_coco(root / "coco")
     train_detector(DetectConfig(model="patnet_t0", ann=str(ann), images=str(img), task="boxes", epochs=1,
                                 batch_size=2, img_size=64, workers=0, output=str(root / "det"), progress=False,

@@ -15,17 +15,9 @@ from patnet.cli import main
 from patnet.data import IdxDataset, read_idx, resolve_dataset, write_idx
 from patnet.train import TrainConfig, TrainingError, train, validate
 
-from conftest import make_idx_dataset, make_image_folder
+from conftest import interrupt_at_epoch, make_idx_dataset, make_image_folder, small_run
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def _cfg(data, out, **kw):
-    base = dict(model="patnet_t0", data=str(data), output=str(out), epochs=2, batch_size=16, img_size=32,
-                workers=0, progress=False, seed=3, mixup=0.0, cutmix=0.0, auto_augment="none", scale=(0.6, 1.0),
-                crop_pct=1.0, lr=2e-3)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 @pytest.fixture()
@@ -91,7 +83,7 @@ def test_real_fashion_mnist_files():
 
 def test_small_training_run_writes_everything(idx_data, tmp_path):
     out = tmp_path / "run"
-    m = train(_cfg(idx_data, out, epochs=3, img_size_schedule="0:32,2:40", model_ema=True))
+    m = train(small_run(idx_data, out, epochs=3, img_size_schedule="0:32,2:40", model_ema=True))
     for key in ("top1", "top5", "loss", "epochs", "train_images_per_second"):
         assert key in m
     assert m["epochs"] == 3 and m["train_images_per_second"] > 0
@@ -130,28 +122,15 @@ def test_recipe_defaults():
     assert T.recipe_for("fasternet_l")["clip_grad"] == 0.01 and T.recipe_for("patnet_t0")["auto_augment"] is None
 
 
-def _interrupt_at_epoch(monkeypatch, epoch_index):
-    real = T.seed_everything
-    calls = {"n": 0}
-
-    def seed(s):
-        if calls["n"] == epoch_index + 1:  # the first call seeds the initial weights
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        real(s)
-
-    monkeypatch.setattr(T, "seed_everything", seed)
-
-
 def test_resume_is_exact(idx_data, tmp_path, monkeypatch):
     kw = dict(mixup=0.1, cutmix=1.0, auto_augment="rand-m3-mstd0.5", drop_path_rate=0.1, epochs=3)
-    straight = train(_cfg(idx_data, tmp_path / "a", **kw))
+    straight = train(small_run(idx_data, tmp_path / "a", **kw))
     with monkeypatch.context() as mp:
-        _interrupt_at_epoch(mp, 2)
+        interrupt_at_epoch(mp, 2)
         with pytest.raises(KeyboardInterrupt):
-            train(_cfg(idx_data, tmp_path / "b", **kw))
+            train(small_run(idx_data, tmp_path / "b", **kw))
     assert torch.load(tmp_path / "b" / "last.pth", weights_only=False)["epoch"] == 1
-    resumed = train(_cfg(idx_data, tmp_path / "b", resume=str(tmp_path / "b" / "last.pth"), **kw))
+    resumed = train(small_run(idx_data, tmp_path / "b", resume=str(tmp_path / "b" / "last.pth"), **kw))
     a = torch.load(tmp_path / "a" / "last.pth", weights_only=False)
     b = torch.load(tmp_path / "b" / "last.pth", weights_only=False)
     for k, v in a["model"].items():
@@ -163,7 +142,7 @@ def test_resume_is_exact(idx_data, tmp_path, monkeypatch):
 
 def test_validate_ours_and_authors_layout(idx_data, tmp_path, capsys):
     out = tmp_path / "run"
-    m = train(_cfg(idx_data, out, epochs=1))
+    m = train(small_run(idx_data, out, epochs=1))
     ours = validate("patnet_t0", str(idx_data), out / "last.pth", img_size=32, crop_pct=1.0, workers=0)
     assert ours["top1"] == pytest.approx(m["top1"]) and ours["count"] == 48
     from patnet.weights import patnet_to_official
@@ -199,14 +178,14 @@ def test_corrupt_image_is_an_error_with_strict_data(tmp_path):
     root = make_image_folder(tmp_path / "imgs")
     (root / "train" / "a" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="unreadable image .*broken.png"):
-        train(_cfg(root, tmp_path / "strict", epochs=1, batch_size=13, strict_data=True))
+        train(small_run(root, tmp_path / "strict", epochs=1, batch_size=13, strict_data=True))
 
 
 def test_corrupt_image_counted_when_sampled(tmp_path, caplog):
     root = make_image_folder(tmp_path / "imgs", per_class=2)
     (root / "train" / "a" / "broken.png").write_bytes(b"not a png")
     caplog.set_level("WARNING")
-    train(_cfg(root, tmp_path / "run", epochs=1, batch_size=5))  # one batch holds all 5 training files
+    train(small_run(root, tmp_path / "run", epochs=1, batch_size=5))  # one batch holds all 5 training files
     log = json.loads((tmp_path / "run" / "log.jsonl").read_text())
     assert log["skipped_images"] == 1
     assert "broken.png" in caplog.text
@@ -233,7 +212,7 @@ def test_bad_dataset_is_a_clear_error(tmp_path, capsys, case, message):
 
 
 def test_resume_mismatch_and_truncated(idx_data, tmp_path, capsys):
-    train(_cfg(idx_data, tmp_path / "run", epochs=1))
+    train(small_run(idx_data, tmp_path / "run", epochs=1))
     ckpt = tmp_path / "run" / "last.pth"
     assert main(["train", "--model", "fasternet_t0", "--data", str(idx_data), "--resume", str(ckpt),
                  "--img-size", "32"]) == 2
@@ -265,7 +244,7 @@ def test_nan_loss_stops_and_keeps_last_good(idx_data, tmp_path, monkeypatch):
     monkeypatch.setattr(T, "seed_everything", seed)
     monkeypatch.setattr(LabelSmoothingCrossEntropy, "forward", fwd)
     with pytest.raises(TrainingError, match=r"loss became nan in epoch 2 by step \d+; stopped. Last good checkpoint"):
-        train(_cfg(idx_data, tmp_path / "run", epochs=2))
+        train(small_run(idx_data, tmp_path / "run", epochs=2))
     assert torch.load(tmp_path / "run" / "last.pth", weights_only=False)["epoch"] == 0
 
 
@@ -282,7 +261,7 @@ def test_loss_is_reduced_at_intervals_not_every_step(idx_data, tmp_path, monkeyp
 
     monkeypatch.setattr(T, "all_sum", counting)  # the trainer's own reductions
     monkeypatch.setattr(E, "all_sum", counting)  # the loss meter's
-    metrics = train(_cfg(idx_data, tmp_path / "run", epochs=1, batch_size=4))
+    metrics = train(small_run(idx_data, tmp_path / "run", epochs=1, batch_size=4))
     assert len(calls) <= 6, calls  # 96 images / 4 = 24 steps
     assert math.isfinite(metrics["loss"])
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -312,7 +291,7 @@ def test_val_split_holds_out_part_of_the_training_set(idx_data, tmp_path, monkey
         return real_getitem(self, i)
 
     monkeypatch.setattr(IdxDataset, "__getitem__", spy)
-    train(_cfg(idx_data, tmp_path / "run", epochs=1, val_split=0.25))
+    train(small_run(idx_data, tmp_path / "run", epochs=1, val_split=0.25))
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[0]["val_images"] == 24
     assert {n for n, _ in read} == {96}  # only the 96-image training file, never the 48-image test file
@@ -343,15 +322,15 @@ def test_randaugment_survives_zero_bit_posterize():
 
 
 def test_bf16_autocast_and_channels_last_on_cpu(idx_data, tmp_path):
-    m = train(_cfg(idx_data, tmp_path / "amp", epochs=2, amp="bf16", channels_last=True))
-    ref = train(_cfg(idx_data, tmp_path / "fp32", epochs=2))
+    m = train(small_run(idx_data, tmp_path / "amp", epochs=2, amp="bf16", channels_last=True))
+    ref = train(small_run(idx_data, tmp_path / "fp32", epochs=2))
     # Same seed and data order: bf16 rounding moves the result a little, never far (3 classes, 48 val images:
     # one image is 2.1 points; 5 images allowed).
     assert abs(m["top1"] - ref["top1"]) <= 11 and abs(m["loss"] - ref["loss"]) < 0.1 * ref["loss"] + 0.02
     assert m["loss"] != ref["loss"]  # bf16 really ran: identical to the last bit would mean autocast was ignored
     assert json.loads((tmp_path / "amp" / "args.json").read_text())["amp"] == "bf16"
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
-        train(_cfg(idx_data, tmp_path / "fp16", epochs=1, amp="fp16"))
+        train(small_run(idx_data, tmp_path / "fp16", epochs=1, amp="fp16"))
 
 
 def test_short_recipe_resolves():
@@ -360,3 +339,24 @@ def test_short_recipe_resolves():
     assert r["warmup_epochs"] == pytest.approx(0.3)
     with pytest.raises(ValueError, match="unknown recipe"):
         T.recipe_for("patnet_t0", "long")
+
+
+def test_run_checkpoints_load_through_timm(idx_data, tmp_path):
+    # timm's own loaders read our best.pth / last.pth (timm.models.load_checkpoint unwraps the 'model' entry), and
+    # give the same model as patnet's strict loader.
+    import timm
+
+    from patnet.weights import create_from_checkpoint
+
+    train(small_run(idx_data, tmp_path / "run", epochs=1, max_train_batches=2))
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("best.pth", "last.pth"):
+        ckpt = tmp_path / "run" / name
+        ours = create_from_checkpoint("patnet_t0", ckpt).eval()
+        via_create = timm.create_model("patnet_t0", num_classes=3, checkpoint_path=str(ckpt)).eval()
+        via_load = timm.create_model("patnet_t0", num_classes=3).eval()
+        timm.models.load_checkpoint(via_load, str(ckpt), strict=True)
+        with torch.no_grad():
+            expected = ours(x)
+            assert not torch.equal(expected, timm.create_model("patnet_t0", num_classes=3).eval()(x))
+            assert torch.equal(via_create(x), expected) and torch.equal(via_load(x), expected)

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import RESUME_MAY_CHANGE
+from .config import may_change_on_resume
 from .errors import PatnetError
 from .io import atomic_path, read_checkpoint
 
 __all__ = ["RunFolder", "RunFolderError", "NonFiniteError", "non_finite_tensors", "json_safe", "resume_config",
-           "RESUME_MAY_CHANGE", "load_resume",
+           "load_resume",
            "init_distributed", "peer_failures", "PeerLostError", "all_sum", "epoch_seed", "seed_everything", "load_checkpoint", "LossMeter"]
 
 _log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def resume_config(cfg: C, saved: Mapping[str, Any], defaults: C, checkpoint: Pat
 
     An argument the caller left at its default takes the saved value (so ``--resume X/last.pth`` alone continues
     X exactly, into X's folder). One the caller set to something else is an error unless it only decides how the
-    run is watched (``RESUME_MAY_CHANGE``): the schedule, data, model and recipe of a run cannot change midway.
+    run is watched (``config.may_change_on_resume``): the schedule, data, model and recipe of a run cannot change midway.
     """
     changes: Dict[str, Any] = {}
     conflicts: List[str] = []
@@ -108,7 +108,7 @@ def resume_config(cfg: C, saved: Mapping[str, Any], defaults: C, checkpoint: Pat
                       theirs, mine)
         elif name == "epochs":
             conflicts.append(f"--epochs {mine} (the run is set for {theirs}; a resume can only extend it)")
-        elif name not in RESUME_MAY_CHANGE:
+        elif not may_change_on_resume(f):
             conflicts.append(f"--{name.replace('_', '-')} {mine} (the run used {theirs})")
     if conflicts:
         raise ValueError(f"--resume {checkpoint} continues a run with other settings: {'; '.join(conflicts)}; "

@@ -13,7 +13,6 @@ generator is reseeded from (seed, epoch, rank) at the start of each epoch, so ``
 continues bit-for-bit as the uninterrupted run would on the same machine and thread count.
 """
 import json
-import math
 import os
 import logging
 import time
@@ -27,7 +26,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from .config import AUTO_PAPER_EPOCHS, RECIPE_NAMES, TrainConfig, auto_recipe  # noqa: F401  (public here too)
+from .config import AUTO_PAPER_EPOCHS, RECIPE_NAMES, TrainConfig, auto_recipe, check_ranges  # noqa: F401  (public here too)
 from .data import (
     SplitView, build_dataset, check_input_size, build_transform, collate_skip_bad, dataset_labels, holdout_indices, resolve_dataset,
 )
@@ -241,39 +240,11 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
 
 
 def _check_config(cfg: TrainConfig) -> None:
-    """Every argument error as one line, before data or models are touched."""
-    if cfg.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {cfg.epochs}")
-    if not (0 < cfg.scale[0] <= cfg.scale[1] <= 1):
+    """Every argument error as one line, before data or models are touched: the declared ranges
+    (``config.check_ranges``), then what involves more than one value."""
+    check_ranges(cfg)
+    if not cfg.scale[0] <= cfg.scale[1]:
         raise ValueError(f"--scale must be two numbers 0 < MIN <= MAX <= 1, got {list(cfg.scale)}")
-    if not 0 < cfg.crop_pct <= 1:
-        raise ValueError(f"--crop-pct must be in (0, 1], got {cfg.crop_pct}")
-    for name in ("mixup", "cutmix", "smoothing", "drop_path_rate"):
-        v = getattr(cfg, name)
-        if v is not None and not 0 <= v <= (1 if name != "mixup" and name != "cutmix" else 10):
-            raise ValueError(f"--{name.replace('_', '-')} out of range: {v}")
-    if cfg.smoothing is not None and not cfg.smoothing < 1:
-        raise ValueError(f"--smoothing must be below 1 (1 leaves no signal in the targets), got {cfg.smoothing}")
-    for name in ("lr", "weight_decay", "min_lr", "warmup_epochs", "clip_grad"):
-        v = getattr(cfg, name)  # NaN fails every comparison, so `not v >= 0` also refuses it
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
-    if cfg.lr is not None and cfg.lr == 0:
-        raise ValueError("--lr must be above 0")
-    if not 0 < cfg.model_ema_decay < 1:
-        raise ValueError(f"--model-ema-decay must be in (0, 1), e.g. 0.9998, got {cfg.model_ema_decay}")
-    for name in ("max_train_batches", "max_val_batches"):
-        v = getattr(cfg, name)
-        if v is not None and v < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    if cfg.workers < 0:
-        raise ValueError(f"--workers must be 0 or more, got {cfg.workers}")
-    if cfg.batch_size < 2:
-        raise ValueError("--batch-size must be at least 2 (PATNet's channel gate uses BatchNorm over the batch)")
-    if cfg.val_split is not None and not 0 < cfg.val_split < 1:
-        raise ValueError(f"--val-split must be a fraction between 0 and 1, got {cfg.val_split}")
-    if cfg.img_size < 32:
-        raise ValueError(f"--img-size must be at least 32, got {cfg.img_size}")
     check_input_size(cfg.img_size, cfg.img_size, "--img-size")
     if cfg.auto_augment not in (None, "none"):
         from timm.data.auto_augment import rand_augment_transform

@@ -13,10 +13,12 @@ The network lives in ``patnet.models.patnet``; this module only turns files into
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Optional, Set, Union
 
 import torch
 import torch.nn as nn
+
+from .io import check_not_inputs, load_weights, read_checkpoint, save_weights
 from .models.patnet import (
     VARIANTS,
     LayerType,
@@ -29,15 +31,13 @@ from .models.patnet import (
 
 __all__ = [
     "official_to_patnet", "patnet_to_official", "load_official_state_dict", "from_official", "load_strict",
-    "check_config_fits", "load_model", "require_models", "create_from_checkpoint",
+    "check_config_fits", "load_model", "require_models", "create_from_checkpoint", "convert_checkpoint",
 ]
 
 
 def load_official_state_dict(source: Union[str, Path, Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
     """Load a state dict from a file (``.pth``/``.pt``/``.ckpt`` or ``.safetensors``) or a mapping, unwrapped."""
     if isinstance(source, (str, Path)):
-        from .io import read_checkpoint
-
         obj: Any = read_checkpoint(source)
     else:
         obj = source
@@ -164,8 +164,6 @@ def check_config_fits(config: Mapping[str, Any], sd: Mapping[str, torch.Tensor],
 def load_model(path: Union[str, Path], act_layer: Optional[LayerType] = None, **overrides: Any) -> PATNet:
     """Build a PATNet from a weights file: ours (``patnet convert`` / training output, architecture in its
     metadata) or the authors' layout (architecture inferred; pass ``act_layer``). Strict, returned in eval mode."""
-    from .io import load_weights
-
     sd, config = load_weights(path)
     sd = unwrap_state_dict(sd)
     if is_official_layout(sd):
@@ -213,8 +211,6 @@ def create_from_checkpoint(
         sd = official_to_patnet(sd) if is_official_layout(sd) else sd
         classifier = "classifier"
     else:  # another timm model (the FasterNet baseline): its own keys, never taken for the authors' PATNet layout
-        from .io import read_checkpoint
-
         sd = unwrap_state_dict(read_checkpoint(checkpoint))
         classifier = timm.models.get_pretrained_cfg_value(name, "classifier") or "classifier"
         classifier = classifier[0] if isinstance(classifier, (list, tuple)) else classifier
@@ -227,3 +223,27 @@ def create_from_checkpoint(
     except ValueError as e:
         raise ValueError(f"checkpoint {checkpoint} does not fit {name}: {e}") from None
     return model
+
+
+def convert_checkpoint(src: Union[str, Path], out: Union[str, Path], to: str = "patnet",
+                       act_layer: LayerType = "gelu") -> Dict[str, Any]:
+    """Convert an authors'-layout checkpoint into ours (``to="patnet"``: weights plus the architecture in the file's
+    metadata, loadable with ``load_model``) or one of ours back (``to="official"``). Returns the architecture.
+
+    Either direction builds the model and loads the weights strictly before anything is written, so an incomplete
+    or foreign file fails in one line and ``out`` is never half-written (``io.save_weights`` is atomic).
+    """
+    check_not_inputs([out], {"SRC": src})
+    if to == "patnet":
+        model = from_official(src, act_layer=act_layer)
+        save_weights(model.state_dict(), out, config=model.arch_args)
+        return dict(model.arch_args)
+    if to != "official":
+        raise ValueError(f"to must be 'patnet' or 'official', got {to!r}")
+    sd, cfg = load_weights(src)
+    if not cfg:
+        raise ValueError(f"{src} stores no PATNet architecture; convert it from the authors' layout first")
+    check_config_fits(cfg, sd, src)  # before building anything the metadata asks for
+    load_strict(PATNet(**cfg), sd)  # proves the weights are a complete PATNet before renaming
+    save_weights(patnet_to_official(sd), out)
+    return cfg

@@ -21,7 +21,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from ..config import DetectConfig  # noqa: F401  (also this module's public name)
+from ..config import DetectConfig, check_ranges  # noqa: F401  (also this module's public name)
 from ..engine import (
     LossMeter, RunFolder, epoch_seed, init_distributed, load_checkpoint, load_resume, peer_failures,
     seed_everything,
@@ -84,6 +84,7 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
     """
     d = init_distributed()
     cfg, state = load_resume(cfg, DetectConfig(), "patnet detect train")
+    check_ranges(cfg)
     if not (cfg.ann and cfg.images):
         raise ValueError("patnet detect train needs --ann and --images (training COCO JSON and image folder), or "
                          "--resume RUN/last.pth to continue a run")
@@ -93,10 +94,6 @@ def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
 
 
 def _train_detector(cfg: DetectConfig, d: Any, state: Optional[Dict[str, Any]], folder: RunFolder) -> Dict[str, Any]:
-    if cfg.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {cfg.epochs}")
-    if cfg.task not in ("boxes", "masks"):
-        raise ValueError(f"--task must be boxes or masks, got {cfg.task!r}")
     masks = cfg.task == "masks"
     train_ds = CocoDataset(Path(cfg.ann), Path(cfg.images), masks, detection_transform(True))
     val_ds = CocoDataset(Path(cfg.val_ann), Path(cfg.val_images or cfg.images), masks, detection_transform(False)) \
