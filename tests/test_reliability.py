@@ -14,7 +14,7 @@ import torch
 
 import patnet.io as pio
 from patnet.cli import main
-from patnet.engine import RunFolder, RunFolderError
+from patnet.runs import RunFolder, RunFolderError
 from patnet.train import train
 
 from conftest import make_idx_dataset
@@ -31,7 +31,7 @@ def test_lock_dies_with_the_run_not_with_its_forked_workers(tmp_path):
     run = tmp_path / "run"
     script = textwrap.dedent(f"""
         import os, signal, time
-        from patnet.engine import RunFolder
+        from patnet.runs import RunFolder
         folder = RunFolder({str(run)!r}).__enter__()
         if os.fork() == 0:          # a data-loader-like worker that outlives its parent
             time.sleep(30)
@@ -233,7 +233,7 @@ def test_workers_are_capped_to_the_cores(idx_data, tmp_path, caplog):
 
 
 def test_process_group_timeout_is_set_and_stated(monkeypatch):
-    import patnet.engine as E
+    import patnet.runs as E
 
     seen = {}
     monkeypatch.setattr(E.dist, "is_initialized", lambda: False)

@@ -250,7 +250,7 @@ def test_nan_loss_stops_and_keeps_last_good(idx_data, tmp_path, monkeypatch):
 
 def test_loss_is_reduced_at_intervals_not_every_step(idx_data, tmp_path, monkeypatch):
     # A reduction is a device sync plus (distributed) a collective: 24 steps must not cost 24 of them.
-    import patnet.engine as E
+    import patnet.runs as E
 
     calls = []
     real = E.all_sum

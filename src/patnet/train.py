@@ -30,7 +30,7 @@ from .config import AUTO_PAPER_EPOCHS, RECIPE_NAMES, TrainConfig, auto_recipe, c
 from .data import (
     SplitView, build_dataset, check_input_size, build_transform, collate_skip_bad, dataset_labels, holdout_indices, resolve_dataset,
 )
-from .engine import (  # noqa: F401  (init_distributed ... load_checkpoint: also this module's public names)
+from .runs import (  # noqa: F401  (init_distributed ... load_checkpoint: also this module's public names)
     LossMeter, NonFiniteError, RunFolder, _Dist, all_sum, epoch_seed, init_distributed, load_checkpoint, load_resume,
     peer_failures, seed_everything,
 )
@@ -209,9 +209,9 @@ def _create_model(name: str, num_classes: int, drop_path_rate: Optional[float]) 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns the final metrics (also written to ``metrics.json``).
 
-    The output folder is owned through ``engine.RunFolder`` (locked, never silently replaced, checkpoints written
+    The output folder is owned through ``runs.RunFolder`` (locked, never silently replaced, checkpoints written
     best-first after a finite check); ``cfg.resume`` continues a run with its own saved arguments
-    (``engine.resume_config``).
+    (``runs.resume_config``).
 
     Raises:
         ValueError / FileNotFoundError: bad data, checkpoint or arguments, before any training step.
@@ -265,7 +265,7 @@ def train_one_epoch(
 
     ``net`` runs the steps (``model`` itself, or its DDP / compiled wrapper); ``model`` holds the weights that are
     clipped and tracked by ``ema``. ``scheduler`` is timm's, stepped per update. The loss is summed on the device
-    and reduced every ``engine.LOSS_CHECK_EVERY`` steps and at the end (``engine.LossMeter``), where NaN / inf
+    and reduced every ``runs.LOSS_CHECK_EVERY`` steps and at the end (``runs.LossMeter``), where NaN / inf
     stops the run before anything of the epoch is written.
     """
     from timm.utils import dispatch_clip_grad

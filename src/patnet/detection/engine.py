@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from ..config import DetectConfig, check_ranges  # noqa: F401  (also this module's public name)
-from ..engine import (
+from ..runs import (
     LossMeter, RunFolder, epoch_seed, init_distributed, load_checkpoint, load_resume, peer_failures,
     seed_everything,
 )
@@ -79,7 +79,7 @@ def load_detector(checkpoint: Path, map_location: str = "cpu") -> nn.Module:
 def train_detector(cfg: DetectConfig) -> Dict[str, Any]:
     """Train a detector; evaluates on the validation split at the end (if given). Returns the final metrics.
 
-    The output folder, resume semantics and checkpoint writing are the shared ``patnet.engine``'s (as for
+    The output folder, resume semantics and checkpoint writing are the shared ``patnet.runs``' (as for
     classification): locked folder, the run's own arguments on resume, history kept across resumes, finite check.
     """
     d = init_distributed()
@@ -169,7 +169,7 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.O
     """One epoch of detection training: (mean loss per iteration over every rank, iterations, seconds).
 
     The lr follows ``_lr_factor`` per iteration; the loss is reduced at intervals and at the end
-    (``engine.LossMeter``), where NaN / inf stops the run before anything of the epoch is written.
+    (``runs.LossMeter``), where NaN / inf stops the run before anything of the epoch is written.
     """
     from tqdm.auto import tqdm
 

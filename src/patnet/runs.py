@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from .config import may_change_on_resume
 from .errors import PatnetError
-from .io import atomic_path, read_checkpoint
+from .io import atomic_path, read_checkpoint, remove_stale_temporaries
 
 __all__ = ["RunFolder", "RunFolderError", "NonFiniteError", "non_finite_tensors", "json_safe", "resume_config",
            "load_resume",
@@ -302,11 +302,8 @@ def load_resume(cfg: C, defaults: C, command: str) -> "tuple[C, Optional[Dict[st
 
 
 def _clean_stale_temporaries(folder: Path) -> int:
-    removed = 0
-    for name in RUN_FILES + ("coco_metrics.json",):
-        for tmp in folder.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-            removed += 1
+    """Remove what killed writers left of the run's own files (``io.remove_stale_temporaries`` for each)."""
+    removed = sum(remove_stale_temporaries(folder, f".{name}.") for name in RUN_FILES + ("coco_metrics.json",))
     if removed:
         _log.info("removed %d temporary files left in %s by an interrupted run", removed, folder)
     return removed

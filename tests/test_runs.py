@@ -1,13 +1,16 @@
-"""The shared run engine: folder lock, no silent replacement, best-before-last, finite checks, resume semantics."""
+"""The shared run folder (patnet.runs): lock, no silent replacement, best-before-last, finite checks, resume semantics."""
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import patnet.train as T
 from patnet.cli import main
-from patnet.engine import NonFiniteError, RunFolder, RunFolderError, json_safe
+from patnet.runs import NonFiniteError, RunFolder, RunFolderError, json_safe
 from patnet.train import TrainConfig, train
 
 from conftest import make_idx_dataset
@@ -49,13 +52,19 @@ def test_finished_folder_needs_resume_or_overwrite(idx_data, tmp_path):
 
 
 def test_stale_temporaries_are_removed(tmp_path):
+    # What a killed run left of its checkpoint goes when the next run takes the folder; a live writer's is kept.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
     run = tmp_path / "run"
     run.mkdir()
-    (run / ".last.pth.x1y2.tmp").write_bytes(b"half a checkpoint")
+    stale = run / f".last.pth.{dead.pid}-x1y2.tmp"
+    live = run / f".best.pth.{os.getppid()}-x1y2.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"being written")
     (run / "keep.tmp").write_text("not ours")
     with RunFolder(run):
         pass
-    assert not (run / ".last.pth.x1y2.tmp").exists() and (run / "keep.tmp").exists()
+    assert not stale.exists() and live.exists() and (run / "keep.tmp").exists()
 
 
 def test_non_finite_weights_or_metrics_are_never_written(tmp_path):
@@ -287,7 +296,7 @@ def test_export_num_classes_zero_is_honoured(tmp_path):
 
 
 def test_zero_evaluated_images_is_an_error():
-    from patnet.engine import _Dist
+    from patnet.runs import _Dist
     from patnet.train import evaluate
 
     empty = [(torch.empty(0, 3, 32, 32), torch.empty(0, dtype=torch.long), 4)]  # one batch, every image skipped
