@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 __all__ = ["TrainConfig", "DetectConfig", "RECIPE_NAMES", "AUTO_PAPER_EPOCHS", "auto_recipe", "ONNX_OPSET",
            "DEFAULT_TOLERANCE", "CALIBRATION_METHODS", "DEFAULT_MAX_DROP", "Range", "option", "add_arguments",
-           "check_ranges", "from_mapping", "may_change_on_resume", "RESUME_MAY_CHANGE", "resume_help"]
+           "check_ranges", "from_mapping", "may_change_on_resume", "resume_help"]
 
 RECIPE_NAMES = ("paper", "short")
 # ``--recipe auto`` (the default): the paper's recipe (long warm-up, mixup / cutmix / RandAugment) is made for 300
@@ -58,8 +58,7 @@ class Range:
             if integer and not self.low_open:
                 return f"at least {self.low:g}"
             return f"a finite number {'>' if self.low_open else '>='} {self.low:g}"
-        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-                + ("" if integer else ""))
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
 
 def option(default: Any = None, help: Any = "", *, group: str = "", choices: Optional[Tuple[Any, ...]] = None,
@@ -79,10 +78,8 @@ def may_change_on_resume(f: Field) -> bool:
 
 
 def _flag(f: Field) -> str:
-    if f.type is bool or _base(f) is bool:
-        if f.default is True:
-            return "--no-" + f.name.replace("_", "-")
-    return "--" + f.name.replace("_", "-")
+    prefix = "--no-" if _base(f) is bool and f.default is True else "--"
+    return prefix + f.name.replace("_", "-")
 
 
 def _base(f: Field) -> Any:
@@ -294,11 +291,6 @@ class DetectConfig:
     max_iters_per_epoch: Optional[int] = option(None, "cap the iterations of each epoch", range=AT_LEAST_1)
     progress: bool = option(True, "no progress bars", resume=True)
     overwrite: bool = option(False, "replace the run already in --output", resume=True)
-
-
-# Every option a resume may change, over both run types (the run folder checks a resumed configuration with it).
-RESUME_MAY_CHANGE = frozenset(f.name for cls in (TrainConfig, DetectConfig) for f in fields(cls)
-                              if may_change_on_resume(f))
 
 
 # The options of the commands that are not runs; ``patnet.cli`` generates their flags like the runs'.
