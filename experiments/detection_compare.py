@@ -11,8 +11,11 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
 
 import torch
 
@@ -49,7 +52,7 @@ def main() -> None:
         if p.wait() != 0:
             raise SystemExit(f"training failed: see {args.work}/*.log")
 
-    from patnet.bench import environment
+    from benchmarks.machine import environment
     from patnet.detection.engine import load_detector
     from patnet.flops import count_flops, count_params
     import timm

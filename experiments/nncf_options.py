@@ -9,14 +9,18 @@ with each setting (preset, model type, bias correction) on generated calibration
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
+
 import timm
 
 import patnet  # noqa: F401  (registers the models)
-from patnet.bench import environment, generated_calibration
+from benchmarks.bench import generated_calibration
+from benchmarks.machine import environment
 from patnet.deploy import export_model, nncf_quantize
 
 SETTINGS = {

@@ -11,16 +11,20 @@ QDQ file, OpenVINO + NNCF int8. 1 thread, batch 1, 224 px, random weights (speed
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
 
 import numpy as np
 import timm
 import torch
 
 import patnet  # noqa: F401  (registers the models)
-from patnet.bench import environment, generated_calibration
+from benchmarks.bench import generated_calibration
+from benchmarks.machine import environment
 from patnet.deploy import export_model, ort_session, quantize_onnx
 
 

@@ -12,15 +12,19 @@ as JSON. ``--block NAME`` prints every node whose name contains NAME (one block,
 import argparse
 import collections
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
 
 import numpy as np
 import timm
 
 import patnet  # noqa: F401  (registers the models)
-from patnet.bench import environment, generated_calibration
+from benchmarks.bench import generated_calibration
+from benchmarks.machine import environment
 from patnet.deploy import export_model, quantize_onnx
 
 Nodes = List[Tuple[str, str, str, float]]  # (name, node type, kernel, ms per run)

@@ -13,9 +13,12 @@ validation set, IoU per class, then the mean over the classes that occur.
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
 
 import numpy as np
 import torch
@@ -24,7 +27,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, TensorDataset
 
-from patnet.bench import environment, machine_line
+from benchmarks.machine import environment, machine_line
 from patnet.data import read_idx
 
 NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes
@@ -142,7 +145,7 @@ def main() -> None:
              f"batch {args.batch_size}, seed {args.seed}, no pretrained weights. One seed: differences under about "
              "a point are noise.", "",
              "Accuracy only: the JSON's train_seconds are wall times on a possibly shared machine, not a speed claim "
-             "(speed comes from `patnet bench`).", "",
+             "(speed comes from `python -m benchmarks.bench`).", "",
              "| encoder | params (M) | val mIoU (%) | background IoU (%) | mIoU after each epoch |", "|---|---|---|---|---|"]
     lines += [f"| {r['encoder']} | {r['params_m']:.2f} | {r['miou']:.2f} | {r['per_class_iou'][0]:.2f} | "
               f"{', '.join(format(h['miou'], '.1f') for h in r['history'])} |" for r in results]

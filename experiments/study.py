@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
+
 
 def _run_dir(out: Path, model: str, seed: int) -> Path:
     return out / f"{model}_s{seed}"
@@ -112,7 +114,7 @@ def summarize(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from patnet.bench import environment
+    from benchmarks.machine import environment
 
     study = json.loads((args.out / "study.json").read_text())
     rows, curves, progress = {}, {}, []

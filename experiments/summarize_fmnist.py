@@ -7,12 +7,14 @@ import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from patnet.bench import environment  # noqa: E402
+from benchmarks.machine import environment  # noqa: E402
 
 
 def main(runs_dir: Path, out_prefix: Path) -> None:

@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from patnet.bench import environment
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
+
+from benchmarks.machine import environment
 
 
 def main(src: Path, dst: Path) -> None:

@@ -43,4 +43,4 @@ wait
 for opt in fp32 bf16cl; do
   python -c "import json;d=json.load(open('$OUT/check_$opt/metrics.json'));print(f'accuracy check, $opt: top-1 {d[\"top1\"]:.2f}, loss {d[\"loss\"]:.4f}')"
 done
-python -c "from patnet.bench import environment as e; d=e(); print(f\"\n{d['cpu']}, torch {d['torch']}, timm {d['timm']}; {d['date']}\")"
+python -c "from benchmarks.machine import environment as e; d=e(); print(f\"\n{d['cpu']}, torch {d['torch']}, timm {d['timm']}; {d['date']}\")"

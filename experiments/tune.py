@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # study.py, next to this file
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
 import study  # noqa: E402  (the runner next to this file)
 
 # name -> flags added to the study's recipe. "base" is the recipe as the study ran it (short: lr 2e-3 at batch 128,
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace, train_args: List[str]) -> None:
 
 
 def summarize(args: argparse.Namespace) -> None:
-    from patnet.bench import environment
+    from benchmarks.machine import environment
 
     meta = json.loads((args.out / "tune.json").read_text())
     train_args, epochs, seed = meta["train_args"], meta["epochs"], meta["seed"]

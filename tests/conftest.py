@@ -1,9 +1,12 @@
 """Shared helpers and fixtures: the parity vectors (copied from ../shared/parity, made by running the authors' code),
 small datasets, a small training configuration, export tolerances."""
+import errno
 from pathlib import Path
 
 import pytest
 import torch
+
+import patnet.io
 
 DATA = Path(__file__).parent / "data"
 PARITY_FILES = sorted(p.name for p in DATA.glob("*.pt"))
@@ -107,3 +110,17 @@ def interrupt_at_epoch(monkeypatch, epoch_index: int) -> None:
         real(s)
 
     monkeypatch.setattr(T, "seed_everything", seed)
+
+
+def disk_full_at(monkeypatch, name):
+    """ENOSPC when the write of ``name`` is flushed (what a full disk does to a buffered or delayed-allocation write):
+    every command writes through patnet.io's atomic writers, so this reaches each of them at that file."""
+    real = patnet.io.fsync_path
+
+    def fsync(path):
+        p = Path(path)
+        if p.is_file() and (p.name.startswith(f".{name}.") or (p.name == name and p.parent.name.endswith(".tmp"))):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path)
+
+    monkeypatch.setattr(patnet.io, "fsync_path", fsync)

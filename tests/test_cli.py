@@ -73,7 +73,7 @@ def test_a_fresh_interpreter_gets_the_models_from_importing_patnet_and_every_hel
         "from patnet.cli import main\n"
         "print('registered:', timm.list_models('patnet_*'))\n"
         "for argv in (['--help'], ['train', '--help'], ['detect', 'train', '--help'], ['quantize', '--help'], "
-        "['export', '--help'], ['bench', '--help'], ['validate', '--help'], ['convert', '--help']):\n"
+        "['export', '--help'], ['validate', '--help'], ['convert', '--help']):\n"
         "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, argv\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

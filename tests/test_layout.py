@@ -75,3 +75,22 @@ def test_no_sys_modules_tricks_and_a_thin_command_line():
         assert "sys.modules" not in path.read_text(), path
     assert not (SRC / "patnet_cli.py").exists()
     assert len((SRC / "patnet" / "cli.py").read_text().splitlines()) <= 300
+
+
+def _top_level_imports(path: Path) -> Set[str]:
+    names: Set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_installed_package_holds_the_library_only():
+    # Benchmarks, plots of results and the peers' data live in benchmarks/ (not installed), as timm keeps its
+    # benchmark.py outside timm: the package ships only modules, imports neither folder, and plots nothing.
+    assert [p for p in (SRC / "patnet").rglob("*") if p.is_file() and p.suffix != ".py"
+            and "__pycache__" not in p.parts] == []
+    for path in (SRC / "patnet").rglob("*.py"):
+        assert not _top_level_imports(path) & {"benchmarks", "experiments", "matplotlib"}, path

@@ -17,8 +17,7 @@ from patnet.cli import main
 from patnet.runs import RunFolder, RunFolderError
 from patnet.train import train
 
-from conftest import make_idx_dataset
-from conftest import small_run
+from conftest import disk_full_at, make_idx_dataset, small_run
 
 
 @pytest.fixture()
@@ -251,20 +250,6 @@ def test_process_group_timeout_is_set_and_stated(monkeypatch):
         E.init_distributed()
 
 
-def _disk_full_at(monkeypatch, name):
-    """ENOSPC when the write of ``name`` is flushed (what a full disk does to a buffered or delayed-allocation write):
-    every command writes through patnet.io's atomic writers, so this reaches each of them at that file."""
-    real = pio.fsync_path
-
-    def fsync(path):
-        p = Path(path)
-        if p.is_file() and (p.name.startswith(f".{name}.") or (p.name == name and p.parent.name.endswith(".tmp"))):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(path)
-
-    monkeypatch.setattr(pio, "fsync_path", fsync)
-
-
 def _tiny_coco(root):
     from PIL import Image
 
@@ -316,9 +301,6 @@ FULL_DISK_CASES = {
     "quantize openvino": ("q.xml", lambda r, o: ["quantize", "patnet_t0", str(o / "q.xml"), "--runtime", "openvino",
                                                  "--calib", str(r["data"]), "--calib-images", "8", "--eval-images",
                                                  "8", "--img-size", "32", "32", "--max-drop", "100"]),
-    "bench --output": ("bench.json", lambda r, o: ["bench", "--models", "patnet_t0", "--img-size", "64", "--threads",
-                                                   "1", "--iters", "1", "--warmup", "1", "--runtime", "eager",
-                                                   "--output", str(o)]),
     "detect predict": ("pred.png", lambda r, o: ["detect", "predict", "--checkpoint", str(r["det"]), "--image",
                                                  str(r["img"] / "0.png"), "--out", str(o / "pred.png")]),
 }
@@ -333,7 +315,7 @@ def test_full_disk_is_one_line_and_leaves_no_temporary(command, finished_runs, t
     (out / name).write_bytes(b"previous")  # what the full disk must not damage
     if command in ("train", "detect train"):
         (out / name).unlink()  # a run folder that holds a run would be refused before any work
-    _disk_full_at(monkeypatch, name)
+    disk_full_at(monkeypatch, name)
     assert main(argv(finished_runs, out)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"patnet: error: cannot write {out / name}: the disk is full; the previous {name} is unchanged"
@@ -352,7 +334,7 @@ def test_temporaries_of_killed_writers_are_removed_at_the_next_write(tmp_path, m
     with pio.atomic_path(tmp_path / "out.txt") as tmp:
         tmp.write_text("new")
     assert not stale.exists() and live.exists() and (tmp_path / "out.txt").read_text() == "new"
-    # The scratch folders of quantize and bench in the system's temporary directory, likewise.
+    # The scratch folders of quantize (and the benchmarks) in the system's temporary directory, likewise.
     monkeypatch.setattr(pio.tempfile, "gettempdir", lambda: str(tmp_path))
     (tmp_path / f"patnet-quant-{dead.pid}-x1y2z3").mkdir()
     (tmp_path / f"patnet-quant-{dead.pid}-x1y2z3" / "fp32.onnx").write_bytes(b"0" * 100)

@@ -13,17 +13,17 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
 
 from . import __version__
-from .config import (BenchOptions, ConvertOptions, DeepforestOptions, DetectConfig, DetectEvalOptions,
+from .config import (ConvertOptions, DeepforestOptions, DetectConfig, DetectEvalOptions,
                      DetectPredictOptions, ExportOptions, MakeFmnistOptions, QuantizeOptions, TrainConfig,
                      ValidateOptions, add_arguments, from_mapping)
 from .errors import PatnetError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "configure_logging", "report_errors"]
 
 # Errors that mean "the user asked for something that cannot be done": reported in one line.
 # KeyError is deliberately absent: a missing key is a bug of ours, and its traceback must show.
@@ -85,27 +85,6 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
     _print(f"wrote {r.path} ({kind}, {r.img_size[0]}x{r.img_size[1]}, {r.method} calibration on {r.calib_images} "
            f"images); on {r.eval_images} held-out images: {acc}top-1 agreement with fp32 {r.top1_agreement:.2f}%; "
            f"report {Path(r.path).with_suffix('.json')}")
-
-
-def _cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import format_table, run_benchmark, write_results
-
-    runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
-    if args.compile and "compile" not in runtimes:
-        runtimes.append("compile")
-    if args.suite:
-        from .peers import run_peers
-
-        paths = run_peers(args.suite, args.output, runtimes, threads=args.threads, warmup=args.warmup,
-                          iters=args.iters, calib=args.calib, tiers=args.tiers)
-    else:
-        results = run_benchmark([m.strip() for m in args.models.split(",") if m.strip()], img_size=args.img_size,
-                                threads=args.threads, warmup=args.warmup, iters=args.iters, runtimes=runtimes,
-                                train_form=args.train_form, gpu=None if args.gpu else False,
-                                calib=args.calib)
-        paths = write_results(results, args.output)
-        _print(format_table(results))
-    _print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def _run_config(cls: Any, args: argparse.Namespace) -> Any:
@@ -204,9 +183,6 @@ _COMMANDS = {
                  "verified", "Export the model's inference form, calibrate on --calib images (train split), quantize "
                  "for --runtime (ONNX Runtime QDQ: per-channel int8 weights, uint8 activations; OpenVINO: NNCF) and "
                  "verify on held-out val images; beyond --max-drop nothing is written."),
-    "bench": (_cmd_bench, BenchOptions, "params, FLOPs, CPU latency (and GPU / ONNX Runtime) of any models",
-              "Benchmark registered model names by the papers' protocol, hardened: deployment form, fp32, batch 1, "
-              "interleaved timing, median and p10-p90, matmul peak."),
     "train": (_cmd_train, TrainConfig, "train a classifier (any timm model) on an image folder or IDX data",
               "Train with the paper's recipe or a short one (AdamW, cosine + warm-up, label smoothing, mixup/cutmix, "
               "RandAugment, drop path). Works under torchrun --no-python ... patnet train for DDP."),
@@ -237,7 +213,7 @@ def _add_commands(sub: Any, commands: Dict[str, Any], train_defaults: Optional[D
 def build_parser(train_defaults: Optional[Dict[str, Any]] = None) -> argparse.ArgumentParser:
     """The full ``patnet`` argument parser; ``train_defaults`` are a ``--config`` file's values for ``train``."""
     parser = argparse.ArgumentParser(
-        prog="patnet", description="PATNet (arXiv 2503.03148): convert checkpoints, benchmark, export, train and detect.")
+        prog="patnet", description="PATNet (arXiv 2503.03148): train, validate, export, quantize, convert and detect.")
     parser.add_argument("--version", action="version", version=f"patnet {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -276,20 +252,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"patnet: error: {e}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    # Our messages at INFO; other libraries' (ONNX Runtime's quantizer logs every bias copy at INFO) at WARNING.
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+    configure_logging(args.verbose)
+    return report_errors(lambda: args.func(args), "patnet", args.traceback)
+
+
+def configure_logging(verbose: bool = False, ours: Sequence[str] = ("patnet",)) -> None:
+    """Our loggers (``ours``) at INFO, other libraries' at WARNING (ONNX Runtime's quantizer logs every bias copy
+    at INFO); everything at DEBUG with ``verbose``."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("patnet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    for name in ours:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def report_errors(run: Callable[[], Any], prog: str, traceback: bool = False) -> int:
+    """Call ``run``; a user error becomes one line, ``PROG: error: ...``, and exit status 2 (the full stack with
+    ``traceback``); Ctrl-C exits 130. The benchmark scripts report their errors through this too."""
     try:
-        args.func(args)
+        run()
         return 0
     except USER_ERRORS as e:
-        if args.traceback:
+        if traceback:
             raise
-        print(f"patnet: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("patnet: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -342,25 +342,6 @@ class QuantizeOptions:
 
 
 @dataclass
-class BenchOptions:
-    models: str = option("patnet_t0,fasternet_t0,patnet_t2,fasternet_t2", "comma-separated model names")
-    img_size: int = option(224, "input size")
-    threads: List[int] = option((1, 2), "CPU thread counts")
-    warmup: int = option(10, "untimed forwards first")
-    iters: int = option(200, "timed forwards per model and thread count")
-    runtime: str = option("eager", "comma-separated runtimes besides PyTorch eager: compile, onnxruntime, "
-                                   "onnxruntime-int8, openvino, openvino-int8")
-    compile: bool = option(False, "also time torch.compile'd deployment forms")
-    calib: Optional[str] = option(None, "int8 calibration data (as patnet train --data); default generated images")
-    suite: Optional[str] = option(None, "peers: PATNet T0..S against timm's efficient backbones per tier, with a "
-                                        "latency-vs-top-1 plot per runtime (ignores --models)", choices=("peers",))
-    tiers: Optional[str] = option(None, "with --suite: comma-separated tiers to run (default all: T0,T1,T2,S)")
-    train_form: bool = option(True, "skip timing PATNet's unfused training form")
-    gpu: bool = option(True, "skip GPU throughput even if CUDA is present")
-    output: Path = option(Path("outputs/bench"), "folder for json/csv/md/png")
-
-
-@dataclass
 class ValidateOptions:
     model: Optional[str] = option(None, "registered model name (with --checkpoint)")
     data: str = option("fashion-mnist", "as for patnet train --data")
