@@ -11,7 +11,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from patnet.detection.data import deepforest_to_coco
+from patnet.detection.sources import deepforest_to_coco
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ from PIL import Image
 
 from patnet.cli import main
 from patnet.detection import build_backbone, build_detector
-from patnet.detection.data import CocoDataset, deepforest_to_coco, detection_transform, make_fashion_mnist_detection
+from patnet.detection.data import CocoDataset, detection_transform
+from patnet.detection.sources import deepforest_to_coco, make_fashion_mnist_detection
 from patnet.weights import from_official
 
 from conftest import load_parity, make_idx_dataset

@@ -143,7 +143,7 @@ def test_bad_training_arguments_are_one_line(idx_data, tmp_path, capsys, argv, m
 
 
 def test_detection_resume_keeps_history(tmp_path, monkeypatch):
-    from patnet.detection.data import make_fashion_mnist_detection
+    from patnet.detection.sources import make_fashion_mnist_detection
 
     idx = make_idx_dataset(tmp_path / "idx", n_train=20, n_val=10)
     paths = make_fashion_mnist_detection(tmp_path / "coco", source=str(idx), n_train=4, n_val=2, canvas=64, seed=1)
@@ -330,7 +330,7 @@ def test_stored_architecture_is_checked_before_building(tmp_path, capsys):
 def test_malformed_deepforest_xml_is_skipped(tmp_path):
     from PIL import Image
 
-    from patnet.detection.data import deepforest_to_coco
+    from patnet.detection.sources import deepforest_to_coco
 
     data = tmp_path / "data"
     data.mkdir()

@@ -157,7 +157,7 @@ def _cmd_detect_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_detect_make_fmnist(args: argparse.Namespace) -> None:
-    from .detection.data import make_fashion_mnist_detection
+    from .detection.sources import make_fashion_mnist_detection
 
     paths = make_fashion_mnist_detection(args.out, args.data, args.train_images, args.val_images, args.canvas,
                                          seed=args.seed)
@@ -165,7 +165,7 @@ def _cmd_detect_make_fmnist(args: argparse.Namespace) -> None:
 
 
 def _cmd_detect_deepforest(args: argparse.Namespace) -> None:
-    from .detection.data import deepforest_to_coco
+    from .detection.sources import deepforest_to_coco
 
     _print(f"wrote {deepforest_to_coco(args.source, args.out, args.single_class, args.tile)}")
 

@@ -1067,6 +1067,8 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "patnet_m": dict(embed_dim=128, depths=(2, 3, 16, 4), act_layer="relu", drop_path_rate=0.2, spatial_attn=False),
     "patnet_l": dict(embed_dim=160, depths=(2, 3, 20, 4), act_layer="relu", drop_path_rate=0.3, spatial_attn=False),
 }
+"""The authors' released configurations by timm name (the spec's variant table): ``PATNet(**VARIANTS["patnet_t2"])``
+is ``timm.create_model("patnet_t2")`` without the registry."""
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
