@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 
 import patnet
@@ -21,12 +22,14 @@ def test_help_lists_subcommands(capsys):
 
 def test_convert_round_trip(tmp_path, capsys):
     d = load_parity("tiny_gelu_sp.pt")
-    ours = tmp_path / "t.safetensors"
+    ours = tmp_path / "t"
     assert main(["convert", str(DATA / "tiny_gelu_sp.pt"), str(ours), "--act", "gelu"]) == 0
-    model = patnet.load_model(ours)
-    with torch.no_grad():
-        err = (model(d["input"]) - d["logits"]).abs().max() / d["logits"].abs().max()
-    assert err < 1e-5
+    assert sorted(p.name for p in ours.iterdir()) == ["config.json", "model.safetensors"]  # timm's folder
+    # Read back by us and by timm alone (config.json names the architecture, custom widths included).
+    for model in (patnet.load_model(ours), timm.create_model(f"local-dir:{ours}", pretrained=True).eval()):
+        with torch.no_grad():
+            err = (model(d["input"]) - d["logits"]).abs().max() / d["logits"].abs().max()
+        assert err < 1e-5 and model.arch_args["embed_dim"] == 16
     back = tmp_path / "back.pth"
     assert main(["convert", str(ours), str(back), "--to", "official"]) == 0
     sd = torch.load(back, weights_only=True)["state_dict"]
@@ -35,8 +38,30 @@ def test_convert_round_trip(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_a_pretrained_folder_is_a_checkpoint_everywhere(tmp_path):
+    from patnet.weights import create_from_checkpoint, save_pretrained
+
+    model = timm.create_model("patnet_t0", num_classes=3).eval()
+    save_pretrained(model, tmp_path / "t0")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        for again in (create_from_checkpoint("patnet_t0", tmp_path / "t0").eval(), patnet.load_model(tmp_path / "t0"),
+                      timm.create_model(f"local-dir:{tmp_path / 't0'}", pretrained=True).eval()):
+            assert torch.equal(again(x), ref)
+    assert not torch.equal(timm.create_model("patnet_t0", num_classes=3).eval()(x), ref)  # weights did travel
+
+
+def test_convert_wants_a_folder_and_official_wants_one_back(tmp_path, capsys):
+    assert main(["convert", str(DATA / "tiny_gelu_sp.pt"), str(tmp_path / "t.safetensors")]) == 2
+    assert "the converted model is a folder" in capsys.readouterr().err
+    assert main(["convert", str(DATA / "tiny_gelu_sp.pt"), str(tmp_path / "o.pth"), "--to", "official"]) == 2
+    assert "is not a folder; --to official converts the folder patnet convert wrote" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_convert_missing_file_is_one_line(tmp_path, capsys):
-    out = tmp_path / "o.safetensors"
+    out = tmp_path / "o"
     assert main(["convert", str(tmp_path / "nope.pth"), str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("patnet: error:") and "does not exist" in err and "\n" not in err
@@ -48,7 +73,7 @@ def test_convert_bad_checkpoint_leaves_no_file(tmp_path, capsys):
     sd.pop("head.bias")
     src = tmp_path / "broken.pth"
     torch.save(sd, src)
-    out = tmp_path / "o.safetensors"
+    out = tmp_path / "o"
     assert main(["convert", str(src), str(out), "--act", "relu"]) == 2
     assert "classifier.bias" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [src]

@@ -111,7 +111,7 @@ def test_full_disk_convert_is_one_line_and_leaves_nothing(tmp_path, monkeypatch,
     src = tmp_path / "official.pth"
     torch.save({"state_dict": d["state_dict"]}, src)
     _full_disk(monkeypatch)
-    assert main(["convert", str(src), str(tmp_path / "w.safetensors"), "--act", "gelu"]) == 2
+    assert main(["convert", str(src), str(tmp_path / "w"), "--act", "gelu"]) == 2
     assert "the disk is full" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["official.pth"]
 

@@ -2,12 +2,14 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
+import patnet
 import patnet.train as T
 from patnet.cli import main
 from patnet.runs import NonFiniteError, RunFolder, RunFolderError, json_safe
@@ -310,20 +312,30 @@ def test_stored_architecture_is_checked_before_building(tmp_path, capsys):
     import timm
     from safetensors.torch import save_file
 
-    from patnet.io import save_weights
+    from patnet.weights import save_pretrained
 
-    save_file({"a": torch.zeros(1)}, str(tmp_path / "bad.safetensors"), metadata={"patnet_config": "{oops"})
-    save_file({"a": torch.zeros(1)}, str(tmp_path / "huge.safetensors"),
-              metadata={"patnet_config": _json.dumps({"embed_dim": 10 ** 7, "depths": [1, 1, 1, 1]})})
-    m = timm.create_model("patnet_t0", num_classes=3)
-    cfg = {**m.arch_args, "depths": [1, 2, 8, 3]}
-    save_weights(m.state_dict(), tmp_path / "wrong.safetensors", cfg)
+    def folder(name, config, tensors):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(config)
+        save_file(tensors, str(tmp_path / name / "model.safetensors"))
+
+    folder("bad", "{oops", {"a": torch.zeros(1)})
+    folder("huge", _json.dumps({"architecture": "patnet_t0", "model_args": {"embed_dim": 10 ** 7,
+                                                                             "depths": [1, 1, 1, 1]}}),
+           {"a": torch.zeros(1)})
+    folder("alien", _json.dumps({"architecture": "resnet50", "model_args": {}}), {"a": torch.zeros(1)})
+    save_pretrained(timm.create_model("patnet_t0", num_classes=3), tmp_path / "wrong")
+    cfg = _json.loads((tmp_path / "wrong" / "config.json").read_text())
+    cfg["model_args"]["depths"] = [1, 2, 8, 3]
+    (tmp_path / "wrong" / "config.json").write_text(_json.dumps(cfg))
     for name, message in [("bad", "is not valid JSON"), ("huge", "does not hold PATNet weights"),
+                          ("alien", "does not describe a PATNet"),
                           ("wrong", "depths=[1, 2, 8, 3] (the weights say [1, 2, 8, 2])")]:
-        assert main(["convert", str(tmp_path / f"{name}.safetensors"), str(tmp_path / "o.pth"), "--to",
-                     "official"]) == 2
+        assert main(["convert", str(tmp_path / name), str(tmp_path / "o.pth"), "--to", "official"]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, name
+        with pytest.raises(ValueError, match=re.escape(message)):
+            patnet.load_model(tmp_path / name)
     assert not (tmp_path / "o.pth").exists()
 
 

@@ -173,9 +173,10 @@ def _cmd_detect_deepforest(args: argparse.Namespace) -> None:
 # command -> (the library call, its options, one-line help, description). Runs and commands alike get their flags
 # from their options' dataclass fields (``config.add_arguments``).
 _COMMANDS = {
-    "convert": (_cmd_convert, ConvertOptions, "convert an authors' checkpoint to our layout (.safetensors) or back",
-                "Convert an authors'-layout PATNet checkpoint into this package's layout, architecture stored in the "
-                "file's metadata (load it with patnet.load_model). --to official goes the other way."),
+    "convert": (_cmd_convert, ConvertOptions, "convert an authors' checkpoint to timm's pretrained folder or back",
+                "Convert an authors'-layout PATNet checkpoint into timm's pretrained folder (model.safetensors + "
+                "config.json: timm.create_model('local-dir:OUT', pretrained=True) or patnet.load_model). --to "
+                "official goes the other way."),
     "export": (_cmd_export, ExportOptions, "export a model's deployment form to ONNX or TorchScript, verified",
                "Fuse the model (BatchNorm folded), export it, run the file and compare it with PyTorch; beyond "
                "tolerance the file is removed and the command fails."),

@@ -294,7 +294,7 @@ class DetectConfig:
 
 
 # The options of the commands that are not runs; ``patnet.cli`` generates their flags like the runs'.
-WEIGHTS = "weights: ours (.safetensors/.pth) or the authors' layout"
+WEIGHTS = "weights: ours (a patnet convert folder, .safetensors/.pth) or the authors' layout"
 CLASSES = "classes (default: read from the checkpoint, else 1000)"
 MODEL_NAME = "registered model name, e.g. patnet_t2 or fasternet_t2"
 ACTIVATIONS = ("gelu", "relu")
@@ -302,8 +302,11 @@ ACTIVATIONS = ("gelu", "relu")
 
 @dataclass
 class ConvertOptions:
-    src: Path = option(help="input checkpoint (.pth/.pt/.ckpt/.safetensors)", positional=True)
-    out: Path = option(help="output file (.safetensors recommended; .pth also works)", positional=True)
+    src: Path = option(help="the authors' checkpoint (.pth/.pt/.ckpt/.safetensors); with --to official, the folder "
+                            "patnet convert wrote", positional=True)
+    out: Path = option(help="output folder, timm's model.safetensors + config.json (timm.create_model("
+                            "'local-dir:OUT', pretrained=True)); with --to official, a .pth or .safetensors file",
+                       positional=True)
     act: str = option("gelu", "activation the checkpoint was trained with: gelu for T0/T1, relu for T2..L",
                       choices=ACTIVATIONS)
     to: str = option("patnet", "target layout", choices=("patnet", "official"))
@@ -345,7 +348,7 @@ class QuantizeOptions:
 class ValidateOptions:
     model: Optional[str] = option(None, "registered model name (with --checkpoint)")
     data: str = option("fashion-mnist", "as for patnet train --data")
-    checkpoint: Optional[Path] = option(None, "best.pth/last.pth, .safetensors or authors' .pth")
+    checkpoint: Optional[Path] = option(None, "best.pth/last.pth, a patnet convert folder, .safetensors or authors' .pth")
     onnx: Optional[Path] = option(None, "evaluate an exported fp32 or int8 file instead: .onnx (ONNX Runtime) or "
                                         ".xml (an OpenVINO IR)")
     act: Optional[str] = option(None, "activation of an authors' checkpoint, if not the variant's",

@@ -1,7 +1,6 @@
 """Files: atomic writes and weights in safetensors with the architecture stored beside them."""
 import errno
 import fcntl
-import json
 import os
 import re
 import secrets
@@ -9,12 +8,12 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 
 __all__ = ["atomic_path", "atomic_files", "temporary_folder", "remove_stale_temporaries", "fsync_path",
-           "check_not_inputs", "save_weights", "load_weights", "read_checkpoint", "check_writable"]
+           "check_not_inputs", "save_weights", "read_checkpoint", "check_writable"]
 
 PathLike = Union[str, Path]
 
@@ -204,21 +203,18 @@ def atomic_files(*paths: PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_weights(
-        state_dict: Mapping[str, torch.Tensor], path: PathLike, config: Optional[Mapping[str, Any]] = None
-) -> Path:
-    """Write a state dict to ``.safetensors`` (or ``.pt``/``.pth``) atomically, with ``config`` as metadata."""
+def save_weights(state_dict: Mapping[str, torch.Tensor], path: PathLike) -> Path:
+    """Write a state dict to ``.safetensors`` (or ``.pt``/``.pth``, wrapped as ``{"state_dict": ...}``) atomically."""
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save
 
-            meta = {"patnet_config": json.dumps(dict(config), default=list)} if config else None
-            tmp.write_bytes(save(tensors, metadata=meta))  # bytes first: safetensors' own writer escapes ENOSPC
+            tmp.write_bytes(save(tensors))  # bytes first: safetensors' own writer escapes ENOSPC
         else:
             with open(tmp, "wb") as f:
-                torch.save({"state_dict": tensors, "config": dict(config or {})}, f)
+                torch.save({"state_dict": tensors}, f)
     return path
 
 
@@ -246,24 +242,3 @@ def read_checkpoint(path: PathLike) -> Any:
             detail = "holds objects other than tensors and plain values, or is no checkpoint at all"
         raise ValueError(f"cannot read checkpoint {path}: truncated or not a checkpoint "
                          f"({type(e).__name__}: {detail[:160]})") from None
-
-
-def load_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Read what ``save_weights`` wrote: (state dict, config); config is empty when none was stored."""
-    path = Path(path)
-    obj = read_checkpoint(path)
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        try:
-            config = json.loads(meta.get("patnet_config", "{}"))
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}: its stored architecture (metadata 'patnet_config') is not valid JSON") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"{path}: its stored architecture (metadata 'patnet_config') is not a mapping")
-        return obj, config
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        return dict(obj["state_dict"]), dict(obj.get("config") or {})
-    return dict(obj), {}

@@ -503,7 +503,7 @@ def validate(
         max_batches: Optional[int] = None, progress: bool = True,
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint on ``data``'s val split: a training checkpoint of ours, weights from
-    ``patnet convert`` (.safetensors), or an authors'-layout checkpoint (converted on the fly, strictly)."""
+    a ``patnet convert`` folder, or an authors'-layout checkpoint (converted on the fly, strictly)."""
     from .weights import create_from_checkpoint
 
     d = init_distributed()

@@ -50,7 +50,7 @@ def build_backbone(
 
     Args:
         name: Registered model name.
-        checkpoint: Classification weights to start from (ours, ``.safetensors``, or the authors' layout).
+        checkpoint: Classification weights to start from (ours, a ``patnet convert`` folder, or the authors' layout).
         act_layer: Activation of an authors' checkpoint, if it is not the variant's.
         trainable_stages: How many of the last stages train (0-4); the stem and earlier stages are frozen.
         norm: 'frozen' turns every BatchNorm into a FrozenBatchNorm2d (detection batches are small, as in
