@@ -94,3 +94,14 @@ def test_the_installed_package_holds_the_library_only():
             and "__pycache__" not in p.parts] == []
     for path in (SRC / "patnet").rglob("*.py"):
         assert not _top_level_imports(path) & {"benchmarks", "experiments", "matplotlib"}, path
+
+
+def test_intra_package_imports_are_at_module_level():
+    # Lazy imports hid the cycles this package once had; only optional third-party packages are imported lazily.
+    lazy = []
+    for path in (SRC / "patnet").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lazy += [f"{_module_name(path)}:{sub.lineno}" for sub in ast.walk(node)
+                         if isinstance(sub, ast.ImportFrom) and (sub.level or (sub.module or "").startswith("patnet"))]
+    assert lazy == []

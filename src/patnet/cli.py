@@ -21,7 +21,16 @@ from . import __version__
 from .config import (ConvertOptions, DeepforestOptions, DetectConfig, DetectEvalOptions,
                      DetectPredictOptions, ExportOptions, MakeFmnistOptions, QuantizeOptions, TrainConfig,
                      ValidateOptions, add_arguments, from_mapping)
+from .deploy.export import export_model
+from .deploy.quantize import quantize_model
+from .deploy.runtime import evaluate_file
+from .detection.data import CocoDataset, detection_transform
+from .detection.engine import evaluate_detector, load_detector, predict_image, train_detector
+from .detection.sources import deepforest_to_coco, make_fashion_mnist_detection
 from .errors import PatnetError
+from .io import atomic_path, check_not_inputs
+from .train import train, validate
+from .weights import convert_checkpoint, create_from_checkpoint, require_models
 
 __all__ = ["main", "build_parser", "configure_logging", "report_errors"]
 
@@ -36,7 +45,6 @@ def _print(obj: Any) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from .weights import convert_checkpoint
 
     cfg = convert_checkpoint(args.src, args.out, to=args.to, act_layer=args.act)
     _print(f"wrote {args.out} ({args.to} layout): embed_dim={cfg['embed_dim']} depths={cfg['depths']} "
@@ -47,8 +55,6 @@ def _model(args: argparse.Namespace) -> Any:
     """The model an export or quantize command works on: a registered name, with weights from --checkpoint."""
     import timm
 
-    from .weights import create_from_checkpoint, require_models
-
     if args.checkpoint is None:
         require_models(args.model)
         return timm.create_model(args.model, num_classes=1000 if args.num_classes is None else args.num_classes)
@@ -56,8 +62,6 @@ def _model(args: argparse.Namespace) -> Any:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from .deploy.export import export_model
-    from .io import check_not_inputs
 
     check_not_inputs([args.out], {"--checkpoint": args.checkpoint})
     report = export_model(_model(args), args.out, args.format, tuple(args.img_size), args.dynamic_batch, args.opset,
@@ -71,8 +75,6 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> None:
-    from .deploy.quantize import quantize_model
-    from .io import check_not_inputs
 
     out = Path(args.out)
     check_not_inputs([out, out.with_suffix(".json"), out.with_suffix(".bin")], {"--checkpoint": args.checkpoint})
@@ -94,7 +96,6 @@ def _run_config(cls: Any, args: argparse.Namespace) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .train import train
 
     _print(train(_run_config(TrainConfig, args)))
 
@@ -106,7 +107,6 @@ def _cmd_validate(args: argparse.Namespace) -> None:
     if args.onnx is None:
         if args.model is None or args.checkpoint is None:
             raise ValueError("validate needs --model and --checkpoint (or --onnx FILE.onnx)")
-        from .train import validate
 
         _print(validate(args.model, args.data, args.checkpoint, args.img_size or 64, args.batch_size,
                         0.9 if args.crop_pct is None else args.crop_pct, args.act, args.workers, args.amp,
@@ -114,8 +114,6 @@ def _cmd_validate(args: argparse.Namespace) -> None:
         return
     if args.checkpoint is not None:
         raise ValueError("give either --onnx or --checkpoint, not both")
-    from .deploy.runtime import evaluate_file
-    from .io import atomic_path
 
     res = evaluate_file(args.onnx, args.data, args.batch_size, max_images=args.max_images, img_size=args.img_size,
                         crop_pct=args.crop_pct)
@@ -126,15 +124,12 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
 
 def _cmd_detect_train(args: argparse.Namespace) -> None:
-    from .detection.engine import train_detector
 
     metrics = train_detector(_run_config(DetectConfig, args))
     _print({k: v for k, v in metrics.items() if k != "history"})
 
 
 def _cmd_detect_eval(args: argparse.Namespace) -> None:
-    from .detection.data import CocoDataset, detection_transform
-    from .detection.engine import evaluate_detector, load_detector
 
     model = load_detector(args.checkpoint)
     masks = args.task == "masks" if args.task else hasattr(model, "roi_heads") and model.roi_heads.has_mask()
@@ -145,7 +140,6 @@ def _cmd_detect_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_detect_predict(args: argparse.Namespace) -> None:
-    from .detection.engine import load_detector, predict_image
 
     res = predict_image(load_detector(args.checkpoint), args.image, args.out, args.score_threshold)
     _print(res)
@@ -157,7 +151,6 @@ def _cmd_detect_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_detect_make_fmnist(args: argparse.Namespace) -> None:
-    from .detection.sources import make_fashion_mnist_detection
 
     paths = make_fashion_mnist_detection(args.out, args.data, args.train_images, args.val_images, args.canvas,
                                          seed=args.seed)
@@ -165,7 +158,6 @@ def _cmd_detect_make_fmnist(args: argparse.Namespace) -> None:
 
 
 def _cmd_detect_deepforest(args: argparse.Namespace) -> None:
-    from .detection.sources import deepforest_to_coco
 
     _print(f"wrote {deepforest_to_coco(args.source, args.out, args.single_class, args.tile)}")
 

@@ -225,7 +225,6 @@ class LossMeter:
     reduced over all ranks (one sync and one collective) and a NaN / inf mean stops the run with a
     ``NonFiniteError`` naming the epoch, the step and the last good checkpoint in ``out``.
     """
-
     def __init__(self, d: "_Dist", out: Path, epoch: int, every: int = LOSS_CHECK_EVERY) -> None:
         self.d, self.out, self.epoch, self.every = d, Path(out), epoch, every
         self.total = torch.zeros((), dtype=torch.float64, device=d.device)
@@ -284,7 +283,6 @@ def load_resume(cfg: C, defaults: C, command: str) -> "tuple[C, Optional[Dict[st
     resume = getattr(cfg, "resume", None)
     if not resume:
         return cfg, None
-    from .io import read_checkpoint
 
     state = read_checkpoint(Path(resume))
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
@@ -330,7 +328,6 @@ os.register_at_fork(after_in_child=_close_locks_in_child)
 
 class RunFolder:
     """The output folder of one run (see the module docstring). Use as a context manager on the main process."""
-
     def __init__(self, path: Path, resume: bool = False, overwrite: bool = False, enabled: bool = True) -> None:
         self.path = Path(path)
         self.resume, self.overwrite, self.enabled = resume, overwrite, enabled

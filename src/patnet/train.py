@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from torch.utils.data.distributed import DistributedSampler
 
 from .config import AUTO_PAPER_EPOCHS, RECIPE_NAMES, TrainConfig, auto_recipe, check_ranges  # noqa: F401  (public here too)
+from .flops import count_params
 from .data import (
     SplitView, build_dataset, check_input_size, build_transform, collate_skip_bad, dataset_labels, holdout_indices, resolve_dataset,
 )
@@ -35,6 +36,7 @@ from .runs import (  # noqa: F401  (init_distributed ... load_checkpoint: also t
     peer_failures, seed_everything,
 )
 from .io import atomic_path
+from .weights import create_from_checkpoint, require_models
 
 __all__ = ["TrainConfig", "RECIPES", "recipe_for", "train", "validate", "evaluate", "TrainingError",
            "parse_size_schedule", "load_checkpoint", "init_distributed", "all_sum", "seed_everything", "epoch_seed"]
@@ -197,8 +199,6 @@ def _resolve(cfg: TrainConfig, recipe: Dict[str, Any], world: int) -> Dict[str, 
 def _create_model(name: str, num_classes: int, drop_path_rate: Optional[float]) -> nn.Module:
     import timm
 
-    from .weights import require_models
-
     require_models(name)
     kwargs: Dict[str, Any] = {"num_classes": num_classes}
     if drop_path_rate is not None:
@@ -221,7 +221,6 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     d = init_distributed()
     cfg, resume_state = load_resume(cfg, TrainConfig(), "patnet train")
     _check_config(cfg)
-    from .weights import require_models
 
     require_models(cfg.model)  # an unknown name is the first and only message
     resolve_dataset(cfg.data)  # a bad --data fails before the output folder is created
@@ -480,8 +479,6 @@ def _train(cfg: TrainConfig, d: "_Dist", resume_state: Optional[Dict[str, Any]],
         _log.info("the run's last epoch was saved but not finalised; writing its log and metrics.json")
         folder.write_log(history)
 
-    from .flops import count_params
-
     final = {
         "model": cfg.model, "data": str(info.root), "top1": metrics.get("top1"), "top5": metrics.get("top5"),
         "loss": metrics.get("loss"), "epochs": cfg.epochs, "best_top1": best["top1"], "best_epoch": best["epoch"],
@@ -504,8 +501,6 @@ def validate(
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint on ``data``'s val split: a training checkpoint of ours, weights from
     a ``patnet convert`` folder, or an authors'-layout checkpoint (converted on the fly, strictly)."""
-    from .weights import create_from_checkpoint
-
     d = init_distributed()
     info = resolve_dataset(data)
     model = create_from_checkpoint(model_name, checkpoint, act_layer)

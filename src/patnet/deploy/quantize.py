@@ -29,6 +29,7 @@ import numpy as np
 import torch.nn as nn
 
 from ..config import CALIBRATION_METHODS, DEFAULT_MAX_DROP
+from ..data import resolve_dataset
 from ..errors import PatnetError
 from ..io import atomic_files, check_writable, temporary_folder
 from .export import export_model
@@ -50,7 +51,6 @@ class QuantizeError(PatnetError):
 @dataclass
 class QuantizeReport:
     """What ``quantize_model`` wrote and how the int8 file compares with fp32 on held-out images."""
-
     path: str
     model: str
     runtime: str
@@ -91,7 +91,6 @@ def _quantizable_nodes(path: Path) -> Tuple[List[str], List[str]]:
 
 class _Reader:
     """ONNX Runtime's CalibrationDataReader over a list of batches."""
-
     def __init__(self, batches: List[np.ndarray]) -> None:
         self._it = iter(batches)
 
@@ -187,8 +186,6 @@ def quantize_model(
             ``max_drop`` points (nothing is written).
     """
     from tqdm.auto import tqdm
-
-    from ..data import resolve_dataset
 
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; use {' or '.join(RUNTIMES)}")

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from ..config import DetectConfig, check_ranges  # noqa: F401  (also this module's public name)
+from ..data import open_rgb
 from ..runs import (
     LossMeter, RunFolder, epoch_seed, init_distributed, load_checkpoint, load_resume, peer_failures,
     seed_everything,
@@ -277,8 +278,6 @@ def predict_image(model: nn.Module, image_path: Path, out_path: Path, score_thre
     if not Path(image_path).is_file():
         raise FileNotFoundError(f"image {image_path} does not exist")
     from PIL import Image
-
-    from ..data import open_rgb
 
     try:
         pil = open_rgb(image_path)

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..data import check_input_size
+from ..weights import create_from_checkpoint, require_models
 
 __all__ = ["TimmFpnBackbone", "build_backbone", "build_detector", "NORM_MODES"]
 
@@ -23,7 +24,6 @@ NORM_MODES = ("frozen", "train")
 
 class TimmFpnBackbone(nn.Module):
     """A timm ``features_only`` network followed by an FPN; ``out_channels`` as torchvision detectors require."""
-
     def __init__(self, body: nn.Module, out_channels: int = 256) -> None:
         super().__init__()
         from torchvision.ops import FeaturePyramidNetwork
@@ -61,16 +61,12 @@ def build_backbone(
     from timm.layers import freeze_batch_norm_2d
     from timm.models import FeatureListNet
 
-    from ..weights import require_models
-
     require_models(name)
     if norm not in NORM_MODES:
         raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
     if not 0 <= trainable_stages <= 4:
         raise ValueError(f"trainable_stages must be 0..4, got {trainable_stages}")
     if checkpoint is not None:
-        from ..weights import create_from_checkpoint
-
         body = FeatureListNet(create_from_checkpoint(name, checkpoint, act_layer), out_indices=(0, 1, 2, 3),
                               flatten_sequential=True)
     else:

@@ -18,6 +18,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from ..data import FASHION_MNIST_CLASSES, IdxDataset, resolve_dataset
 from ..io import atomic_path
 
 __all__ = ["make_fashion_mnist_detection", "deepforest_to_coco"]
@@ -67,8 +68,6 @@ def make_fashion_mnist_detection(
     pasted garment pixels (intensity above 10 of 255) and its box is the mask's extent.
     """
     from pycocotools import mask as mask_utils
-
-    from ..data import FASHION_MNIST_CLASSES, IdxDataset, resolve_dataset
 
     info = resolve_dataset(source)
     rng = np.random.default_rng(seed)
