@@ -44,7 +44,7 @@ from patnet.weights import require_models
 from .machine import environment, machine_line
 
 __all__ = ["RUNTIMES", "Runtime", "Case", "BenchRow", "run_benchmark", "generated_calibration", "matmul_peak_gflops",
-           "format_table", "write_results", "BenchOptions", "main"]
+           "format_table", "write_results", "BenchOptions", "run_script", "split_list", "save_figure", "main"]
 
 _log = logging.getLogger(__name__)
 
@@ -458,8 +458,15 @@ def _plot(results: Dict[str, Any], path: Path) -> None:
     ax.set_title(f"Deployment form, {env['cpu'][:40]}\ntorch {env['torch']}, {env['date']}", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """A matplotlib figure laid out, written as PNG to ``path`` (a staged temporary) and closed whatever happens."""
+    import matplotlib.pyplot as plt
+
     try:
+        fig.tight_layout()
         fig.savefig(path, format="png")
     finally:
         plt.close(fig)
@@ -479,24 +486,34 @@ class BenchOptions:
     output: Path = option(Path("outputs/bench"), "folder for json/csv/md/png")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m benchmarks.bench``: time, print the table, write ``bench.{json,csv,md,png}``."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
+def run_script(prog: str, doc: str, options: Any, work: Callable[[Any], None], argv: Optional[List[str]]) -> int:
+    """A benchmark program's command line: flags generated from the ``options`` dataclass (as ``patnet``'s are),
+    our loggers at INFO, ``work(options)`` called, a user error reported in one line (``--traceback`` for all)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
-    add_arguments(parser, BenchOptions)
+    add_arguments(parser, options)
     args = parser.parse_args(argv)
     configure_logging(ours=("patnet", "benchmarks"))
+    chosen = options(**{f.name: getattr(args, f.name) for f in fields(options)})
+    return report_errors(lambda: work(chosen), prog, args.traceback)
 
-    def run() -> None:
-        o = BenchOptions(**{f.name: getattr(args, f.name) for f in fields(BenchOptions)})
-        results = run_benchmark([m.strip() for m in o.models.split(",") if m.strip()], o.img_size, o.threads,
-                                o.warmup, o.iters, [r.strip() for r in o.runtime.split(",") if r.strip()],
-                                train_form=o.train_form, gpu=None if o.gpu else False, calib=o.calib)
-        paths = write_results(results, o.output)
-        print(format_table(results))
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
 
-    return report_errors(run, parser.prog, args.traceback)
+def split_list(text: str) -> List[str]:
+    """A comma-separated flag value as its items."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _bench(o: BenchOptions) -> None:
+    results = run_benchmark(split_list(o.models), o.img_size, o.threads, o.warmup, o.iters, split_list(o.runtime),
+                            train_form=o.train_form, gpu=None if o.gpu else False, calib=o.calib)
+    paths = write_results(results, o.output)
+    print(format_table(results))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m benchmarks.bench``: time, print the table, write ``bench.{json,csv,md,png}``."""
+    return run_script("python -m benchmarks.bench", __doc__, BenchOptions, _bench, argv)
 
 
 if __name__ == "__main__":

@@ -8,23 +8,21 @@ highlighted, all as a unit.
 
     python -m benchmarks.peers --runtime eager,onnxruntime-int8,openvino-int8 --threads 1 --output outputs/peers
 """
-import argparse
 import csv
 import json
 import logging
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 import timm
 
-from patnet.cli import configure_logging, report_errors
-from patnet.config import add_arguments, option
+from patnet.config import option
 from patnet.io import atomic_files
 
-from .bench import RUNTIMES, median_ms, run_benchmark
+from .bench import RUNTIMES, median_ms, run_benchmark, run_script, save_figure, split_list
 from .machine import environment, machine_line
 
 matplotlib.use("Agg")
@@ -192,11 +190,7 @@ def _plot_frontier(summary: Dict[str, Any], runtime: str, path: Path) -> None:
     ax.set_title(f"{runtime}: {env['cpu'][:40]}, torch {env['torch']}, {env['date']}", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    try:
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 @dataclass
@@ -210,21 +204,14 @@ class PeersOptions:
     output: Path = option(Path("outputs/peers"), "folder for peers.{json,csv,md} and one plot per runtime")
 
 
+def _peers(o: PeersOptions) -> None:
+    paths = run_peers(o.output, split_list(o.runtime), o.threads, o.warmup, o.iters, o.calib, split_list(o.tiers))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m benchmarks.peers``: time the tiers, write the tables and the frontier plots."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
-    add_arguments(parser, PeersOptions)
-    args = parser.parse_args(argv)
-    configure_logging(ours=("patnet", "benchmarks"))
-
-    def run() -> None:
-        o = PeersOptions(**{f.name: getattr(args, f.name) for f in fields(PeersOptions)})
-        paths = run_peers(o.output, [r.strip() for r in o.runtime.split(",") if r.strip()], o.threads, o.warmup,
-                          o.iters, o.calib, [t.strip() for t in o.tiers.split(",") if t.strip()])
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
-
-    return report_errors(run, parser.prog, args.traceback)
+    return run_script("python -m benchmarks.peers", __doc__, PeersOptions, _peers, argv)
 
 
 if __name__ == "__main__":
