@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -32,16 +33,25 @@ def test_lock_dies_with_the_run_not_with_its_forked_workers(tmp_path):
         import os, signal, time
         from patnet.runs import RunFolder
         folder = RunFolder({str(run)!r}).__enter__()
-        if os.fork() == 0:          # a data-loader-like worker that outlives its parent
+        worker = os.fork()
+        if worker == 0:             # a data-loader-like worker that outlives its parent
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)     # off the test's pipes, so the test sees the parent's end at once
+            os.dup2(devnull, 2)
             time.sleep(30)
             os._exit(0)
-        print("locked", flush=True)
+        print("locked", worker, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == -9 and "locked" in proc.stdout
-    with RunFolder(run):  # the orphaned worker still sleeps; the folder is free anyway
-        pass
+    worker = int(proc.stdout.split()[-1])
+    try:
+        os.kill(worker, 0)  # the orphaned worker still lives (and still holds the inherited descriptors) ...
+        with RunFolder(run):  # ... and the folder is free anyway
+            pass
+    finally:
+        os.kill(worker, signal.SIGKILL)
 
 
 def test_lock_file_symlink_is_refused_and_its_target_untouched(tmp_path):
