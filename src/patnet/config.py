@@ -10,7 +10,7 @@ import math
 import typing
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Any, Dict, Mapping, Optional, Tuple, Type
 
 __all__ = ["TrainConfig", "DetectConfig", "RECIPE_NAMES", "AUTO_PAPER_EPOCHS", "auto_recipe", "ONNX_OPSET",
            "DEFAULT_TOLERANCE", "CALIBRATION_METHODS", "DEFAULT_MAX_DROP", "Range", "option", "add_arguments",
