@@ -225,6 +225,7 @@ class LossMeter:
     reduced over all ranks (one sync and one collective) and a NaN / inf mean stops the run with a
     ``NonFiniteError`` naming the epoch, the step and the last good checkpoint in ``out``.
     """
+
     def __init__(self, d: "_Dist", out: Path, epoch: int, every: int = LOSS_CHECK_EVERY) -> None:
         self.d, self.out, self.epoch, self.every = d, Path(out), epoch, every
         self.total = torch.zeros((), dtype=torch.float64, device=d.device)
@@ -328,6 +329,7 @@ os.register_at_fork(after_in_child=_close_locks_in_child)
 
 class RunFolder:
     """The output folder of one run (see the module docstring). Use as a context manager on the main process."""
+
     def __init__(self, path: Path, resume: bool = False, overwrite: bool = False, enabled: bool = True) -> None:
         self.path = Path(path)
         self.resume, self.overwrite, self.enabled = resume, overwrite, enabled

@@ -51,6 +51,7 @@ class QuantizeError(PatnetError):
 @dataclass
 class QuantizeReport:
     """What ``quantize_model`` wrote and how the int8 file compares with fp32 on held-out images."""
+
     path: str
     model: str
     runtime: str
@@ -91,6 +92,7 @@ def _quantizable_nodes(path: Path) -> Tuple[List[str], List[str]]:
 
 class _Reader:
     """ONNX Runtime's CalibrationDataReader over a list of batches."""
+
     def __init__(self, batches: List[np.ndarray]) -> None:
         self._it = iter(batches)
 

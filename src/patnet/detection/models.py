@@ -24,6 +24,7 @@ NORM_MODES = ("frozen", "train")
 
 class TimmFpnBackbone(nn.Module):
     """A timm ``features_only`` network followed by an FPN; ``out_channels`` as torchvision detectors require."""
+
     def __init__(self, body: nn.Module, out_channels: int = 256) -> None:
         super().__init__()
         from torchvision.ops import FeaturePyramidNetwork
