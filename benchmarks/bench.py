@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 import patnet  # noqa: F401  (registers patnet_*)
 from patnet.cli import configure_logging, report_errors
 from patnet.config import add_arguments, option
+from patnet.deploy.executorch import lower_to_executorch
 from patnet.deploy.export import compiled_form, deploy_form, export_model
 from patnet.deploy.quantize import nncf_quantize, quantize_onnx
 from patnet.deploy.runtime import Preprocess, image_batches, openvino_compiled, ort_session, require
@@ -122,6 +123,18 @@ class Case:
             return nncf_quantize(model, self.calibration()) if int8 else model
         return self.form(f"openvino-{'int8' if int8 else 'fp32'}", make)
 
+    def executorch(self, int8: bool) -> Path:
+        """An XNNPACK ExecuTorch program: the fp32 one verified against PyTorch, or PT2E int8 of the same form."""
+        def make() -> Path:
+            path = self.scratch / f"{self.name}{'.int8' if int8 else ''}.pte"
+            if int8:
+                calib = [torch.from_numpy(b) for b in self.calibration()]
+                path.write_bytes(lower_to_executorch(deploy_form(self.model), self.x, calib)[0])
+            else:
+                export_model(self.model, path, "executorch", (self.img_size, self.img_size))
+            return path
+        return self.form(f"executorch-{'int8' if int8 else 'fp32'}", make)
+
     def compiled(self) -> nn.Module:
         def make() -> nn.Module:
             c = compiled_form(self.model, self.x)
@@ -144,6 +157,15 @@ def _openvino_call(model: Any, x: torch.Tensor, threads: int) -> Callable[[], An
     return lambda: request.infer(feed)
 
 
+def _executorch_call(path: Path, x: torch.Tensor, threads: int) -> Callable[[], Any]:
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    from executorch.runtime import Runtime as EtRuntime
+
+    _unsafe_reset_threadpool(threads)  # XNNPACK's pool is process-wide: the rounds are per thread count
+    method, inputs = EtRuntime.get().load_program(str(path)).load_method("forward"), [x]
+    return lambda: method.execute(inputs)
+
+
 @dataclass(frozen=True)
 class Runtime:
     """How one runtime is timed: ``prepare`` makes a model's form once, ``call`` a one-forward call at a thread
@@ -160,6 +182,7 @@ class Runtime:
 
 _ORT = (("onnxruntime", "deploy"),)
 _OV = _ORT + (("openvino", "openvino"),)
+_ET = (("executorch", "executorch"),)
 RUNTIMES: Dict[str, Runtime] = {
     "eager": Runtime("eager", lambda c: c.form("deployed", lambda: deploy_form(c.model)), _torch_call),
     "train-form": Runtime("train-form", lambda c: c.model, _torch_call, patnet_only=True),
@@ -169,6 +192,9 @@ RUNTIMES: Dict[str, Runtime] = {
     "openvino": Runtime("OpenVINO fp32", lambda c: c.openvino(int8=False), _openvino_call, _OV),
     "openvino-int8": Runtime("OpenVINO int8", lambda c: c.openvino(int8=True), _openvino_call,
                              _OV + (("nncf", "openvino"),)),
+    "executorch": Runtime("ExecuTorch fp32", lambda c: c.executorch(int8=False), _executorch_call, _ET),
+    "executorch-int8": Runtime("ExecuTorch int8", lambda c: c.executorch(int8=True), _executorch_call, _ET,
+                               also=("executorch",)),
 }
 
 

@@ -1,5 +1,6 @@
 """The machine and library versions a figure was taken on, to publish beside it."""
 import importlib
+import importlib.metadata
 import os
 import platform
 from datetime import datetime, timezone
@@ -50,12 +51,17 @@ def environment() -> Dict[str, Any]:
             env[module] = importlib.import_module(module).__version__
         except ImportError:
             pass
+    try:  # by its metadata: importing executorch takes seconds and registers ops
+        env["executorch"] = importlib.metadata.version("executorch")
+    except importlib.metadata.PackageNotFoundError:
+        pass
     return env
 
 
 def machine_line(env: Dict[str, Any]) -> str:
     """One line naming the machine, its int8/bf16 ISA flags, the library versions and the date of a result."""
     flags = ", ".join(env.get("cpu_features") or []) or "no int8/bf16 ISA flags read"
-    libs = ", ".join(f"{k} {env[k]}" for k in ("torch", "timm", "onnxruntime", "openvino", "nncf", "python")
+    libs = ", ".join(f"{k} {env[k]}" for k in ("torch", "timm", "onnxruntime", "openvino", "nncf", "executorch",
+                                                         "python")
                      if env.get(k))
     return f"machine: {env['cpu']} ({env['logical_cpus']} logical CPUs; {flags}); {libs}; {env['date']}"

@@ -35,6 +35,18 @@ def test_bench_times_every_asked_runtime_and_writes_its_four_files(tmp_path, cap
     assert "machine: " in (tmp_path / "bench.md").read_text()
 
 
+def test_bench_times_executorch_programs(tmp_path):
+    """The ExecuTorch runtimes lower each model once (fp32 verified, int8 by PT2E) and time both in one run. A tiny
+    timm test model keeps the lowering short; PATNet's own programs are tested in test_quantize.py."""
+    res = bench.run_benchmark(["test_resnet"], 64, (1,), 1, 2, ["executorch-int8"], train_form=False, gpu=False,
+                              show_progress=False)
+    row = res["rows"][0]
+    assert not row["errors"] and res["settings"]["runtimes"] == ["eager", "executorch", "executorch-int8"]
+    for runtime in ("executorch", "executorch-int8"):
+        t = row["latency_ms"][runtime]["1t"]
+        assert 0 < t["p10"] <= t["median"] <= t["p90"]
+
+
 def test_a_runtime_that_cannot_take_a_model_is_reported_and_the_rest_is_timed(tmp_path, monkeypatch):
     def prepare(case):
         if case.name.startswith("fasternet"):

@@ -84,6 +84,44 @@ def test_quantize_openvino_ir_end_to_end_and_validate(tmp_path, idx_data, traine
     assert res["runtime"] == "openvino" and res["count"] == 24 and res["top1"] == pytest.approx(report["top1_int8"])
 
 
+def test_quantize_executorch_program_end_to_end(tmp_path, idx_data, trained_ckpt, capsys):
+    """XNNPACK int8 through ExecuTorch's quantizer: a .pte and its report, verified against the fp32 program."""
+    from patnet.deploy.runtime import ModelRunner, Preprocess, image_batches
+    from patnet.weights import create_from_checkpoint
+
+    out = tmp_path / "q.pte"
+    assert main(["quantize", "patnet_t0", str(out), "--runtime", "executorch", "--checkpoint", str(trained_ckpt),
+                 "--calib", str(idx_data), "--calib-images", "16", "--eval-images", "24", "--img-size", "32", "32",
+                 "--crop-pct", "1.0", "--max-drop", MAX_DROP]) == 0
+    assert "top-1 agreement" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.json", "q.pte"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["runtime"] == "executorch" and report["method"] == "pt2e" and report["eval_images"] == 24
+    assert report["quantized_nodes"]["quantized"] > 10  # the quantizer reached the convolutions
+    assert report["fp32_export_rel_error"] <= 1e-4  # the fp32 program was verified against PyTorch
+    # The written program, run again here, scores what the report says, and is not the fp32 model.
+    model = create_from_checkpoint("patnet_t0", trained_ckpt).eval()
+    pre = Preprocess.for_model(model, "patnet_t0", (32, 32), 1.0)
+    batches = list(image_batches(str(idx_data), "val", pre, 24, batch_size=8, seed=None))
+    program = ModelRunner(out)
+    assert program.runtime == "executorch" and program.batch == 1
+    logits = np.concatenate([program(x) for x, _ in batches])
+    labels = np.concatenate([y for _, y in batches])
+    assert 100 * float((logits.argmax(1) == labels).mean()) == pytest.approx(report["top1_int8"])
+    with torch.no_grad():
+        ref = torch.cat([model(torch.from_numpy(x)) for x, _ in batches]).numpy()
+    err = float(np.abs(logits - ref).max() / np.abs(ref).max())
+    assert 1e-5 < err < 0.5, err  # int8 rounding shows, but the logits are the model's
+
+
+def test_executorch_export_refuses_a_dynamic_batch(tmp_path, capsys):
+    argv = ["export", "patnet_t0", str(tmp_path / "m.pte"), "--format", "executorch", "--dynamic-batch",
+            "--img-size", "32", "32"]
+    assert main(argv) == 2
+    assert "an ExecuTorch program is exported at batch 1; drop --dynamic-batch" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_quantize_refuses_a_mismatched_suffix(tmp_path, idx_data, capsys):
     argv = ["quantize", "patnet_t0", str(tmp_path / "q.onnx"), "--runtime", "openvino", "--num-classes", "3",
             "--calib", str(idx_data), "--img-size", "32", "32"]

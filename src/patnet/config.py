@@ -318,7 +318,8 @@ class ExportOptions:
     out: Path = option(help="output file", positional=True)
     checkpoint: Optional[Path] = option(None, WEIGHTS)
     num_classes: Optional[int] = option(None, CLASSES)
-    format: str = option("onnx", "file format", choices=("onnx", "torchscript"))
+    format: str = option("onnx", "file format (executorch: an XNNPACK .pte at batch 1)",
+                         choices=("onnx", "torchscript", "executorch"))
     img_size: Tuple[int, int] = option((224, 224), "input height and width", metavar=("H", "W"))
     dynamic_batch: bool = option(False, "symbolic batch axis (verified at batch 1 and 8)")
     opset: int = option(ONNX_OPSET, "ONNX opset")
@@ -328,12 +329,12 @@ class ExportOptions:
 @dataclass
 class QuantizeOptions:
     model: str = option(help=MODEL_NAME, positional=True)
-    out: Path = option(help="output .onnx (onnxruntime) or .xml (openvino, with its .bin); the report goes next to "
-                            "it as .json", positional=True)
+    out: Path = option(help="output .onnx (onnxruntime), .xml (openvino, with its .bin) or .pte (executorch); the "
+                            "report goes next to it as .json", positional=True)
     checkpoint: Optional[Path] = option(None, WEIGHTS)
     num_classes: Optional[int] = option(None, CLASSES)
-    runtime: str = option("onnxruntime", "int8 runtime (openvino is the fastest on Intel CPUs with AMX)",
-                          choices=("onnxruntime", "openvino"))
+    runtime: str = option("onnxruntime", "int8 runtime (openvino is the fastest on Intel CPUs with AMX; executorch "
+                          "is XNNPACK, for phones and boards)", choices=("onnxruntime", "openvino", "executorch"))
     calib: str = option(None, "data as for patnet train --data (fashion-mnist, a folder, ...)", required=True)
     calib_images: int = option(256, "calibration images")
     eval_images: int = option(1000, "held-out verification images")

@@ -24,6 +24,7 @@ from ..config import DEFAULT_TOLERANCE, ONNX_OPSET
 from ..data import check_input_size
 from ..errors import PatnetError
 from ..io import atomic_path, check_writable
+from .executorch import lower_to_executorch
 from .runtime import ModelRunner, Preprocess, require, write_preprocess
 
 __all__ = ["deploy_form", "compiled_form", "CompiledModel", "export_model", "export_onnx_file", "ExportReport",
@@ -32,6 +33,7 @@ __all__ = ["deploy_form", "compiled_form", "CompiledModel", "export_model", "exp
 
 _log = logging.getLogger(__name__)
 
+FORMATS = ("onnx", "torchscript", "executorch")
 MAX_OPSET = 20  # the newest opset torch's TorchScript-based exporter writes
 
 
@@ -164,12 +166,12 @@ def export_model(
         tolerance: float = DEFAULT_TOLERANCE,
         progress: bool = False,
 ) -> ExportReport:
-    """Export ``model``'s deployment form to ONNX or TorchScript and verify it against PyTorch.
+    """Export ``model``'s deployment form to ONNX, TorchScript or ExecuTorch and verify it against PyTorch.
 
     Args:
         model: Any timm-style classifier (PATNet or not); it is not modified.
         out: Output file; written atomically, so a failed export leaves nothing behind.
-        fmt: 'onnx' or 'torchscript'.
+        fmt: 'onnx', 'torchscript' or 'executorch' (an XNNPACK ``.pte`` at batch 1; ``patnet.deploy.executorch``).
         img_size: (H, W) of the example input (the ONNX graph is fixed to it).
         dynamic_batch: Make the batch axis symbolic (verified at batch 1 and 8).
         opset: ONNX opset.
@@ -180,10 +182,14 @@ def export_model(
         ExportError: The exported file does not reproduce the model within ``tolerance``.
         ImportError: onnx / onnxruntime are missing for an ONNX export.
     """
-    if fmt not in ("onnx", "torchscript"):
-        raise ValueError(f"unknown export format {fmt!r}; use 'onnx' or 'torchscript'")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         require("onnxruntime")
+    if fmt == "executorch":
+        require("executorch", "executorch")
+        if dynamic_batch:
+            raise ValueError("an ExecuTorch program is exported at batch 1; drop --dynamic-batch")
     if len(img_size) != 2 or min(img_size) < 1:
         raise ValueError(f"image size must be two positive numbers (H W), got {list(img_size)}")
     check_input_size(int(img_size[0]), int(img_size[1]), "--img-size")
@@ -218,6 +224,10 @@ def export_model(
                     write_preprocess(tmp, Preprocess.for_model(model, arch, img_size))
                     runner = ModelRunner(tmp)  # one session for every verified batch size
                     run = lambda x: torch.from_numpy(runner(x.numpy()))  # noqa: E731
+                elif fmt == "executorch":
+                    tmp.write_bytes(lower_to_executorch(deploy, example)[0])
+                    program = ModelRunner(tmp, runtime="executorch")
+                    run = lambda x: torch.from_numpy(program(x.numpy()))  # noqa: E731
                 else:
                     _export_torchscript(deploy, example, tmp)
                     loaded = torch.jit.load(str(tmp))

@@ -12,6 +12,8 @@ images of a dataset through the model's eval transform, and writes an int8 model
 * ``openvino``: an OpenVINO IR (``OUT.xml`` + ``OUT.bin``) quantized by NNCF post-training quantization with its
   CPU defaults (``nncf_quantize``; the fastest setting measured, ``experiments/nncf_options.py``). The fastest int8
   path on Intel CPUs with AMX.
+* ``executorch``: an ExecuTorch program (``OUT.pte``) for XNNPACK, quantized by ExecuTorch's ``XNNPACKQuantizer``
+  from the PyTorch model itself (``patnet.deploy.executorch``), batch 1. PyTorch's route to phones and boards.
 
 The written model is verified before it is kept: on held-out images (the val split) it is run beside its fp32
 twin in the same runtime, and top-1 agreement, and top-1 accuracy when labels exist, are measured. A drop beyond
@@ -26,22 +28,24 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 from ..config import CALIBRATION_METHODS, DEFAULT_MAX_DROP
 from ..data import resolve_dataset
 from ..errors import PatnetError
 from ..io import atomic_files, check_writable, temporary_folder
-from .export import export_model
-from .runtime import IR_SUFFIX, ModelRunner, Preprocess, image_batches, require, top1_of, write_preprocess
+from .executorch import lower_to_executorch
+from .export import deploy_form, export_model
+from .runtime import PTE_SUFFIX, IR_SUFFIX, ModelRunner, Preprocess, image_batches, require, top1_of, write_preprocess
 
 __all__ = ["QuantizeError", "QuantizeReport", "quantize_model", "quantize_onnx", "nncf_quantize", "RUNTIMES"]
 
 _log = logging.getLogger(__name__)
 
 MIN_CALIB_IMAGES = 8
-RUNTIMES = ("onnxruntime", "openvino")
-SUFFIX = {"onnxruntime": ".onnx", "openvino": IR_SUFFIX}
+RUNTIMES = ("onnxruntime", "openvino", "executorch")
+SUFFIX = {"onnxruntime": ".onnx", "openvino": IR_SUFFIX, "executorch": PTE_SUFFIX}
 
 
 class QuantizeError(PatnetError):
@@ -55,7 +59,7 @@ class QuantizeReport:
     path: str
     model: str
     runtime: str
-    method: str  # calibration: ONNX Runtime's minmax / entropy / percentile, or 'nncf'
+    method: str  # calibration: ONNX Runtime's minmax / entropy / percentile, 'nncf' or 'pt2e'
 
     img_size: Tuple[int, int]
     calib_images: int
@@ -181,7 +185,7 @@ def quantize_model(
         eval_images: Held-out images used to verify the int8 model.
         max_drop: Largest accepted top-1 loss in points (see ``DEFAULT_MAX_DROP``).
         seed: Which calibration images are drawn.
-        runtime: 'onnxruntime' (QDQ ONNX) or 'openvino' (NNCF IR).
+        runtime: 'onnxruntime' (QDQ ONNX), 'openvino' (NNCF IR) or 'executorch' (XNNPACK ``.pte``).
 
     Raises:
         QuantizeError: Calibration data too small or of the wrong channel count, or the int8 model loses more than
@@ -205,6 +209,8 @@ def quantize_model(
     out = check_writable(out)
     report_path = out.with_suffix(".json")
     require("onnxruntime")
+    if runtime == "executorch":
+        require("executorch", "executorch")
     if runtime == "openvino":
         require("openvino", "openvino")
         require("nncf", "openvino")
@@ -227,10 +233,17 @@ def quantize_model(
 
     outputs = [report_path, out.with_suffix(".bin"), out] if runtime == "openvino" else [report_path, out]
     with temporary_folder("patnet-quant-") as tmp, atomic_files(*outputs) as staged:
-        fp32 = Path(tmp) / "fp32.onnx"
-        report32 = export_model(model, fp32, "onnx", pre.img_size, dynamic_batch=True)
+        fmt = "executorch" if runtime == "executorch" else "onnx"
+        fp32 = Path(tmp) / f"fp32{SUFFIX[runtime] if fmt == 'executorch' else '.onnx'}"
+        report32 = export_model(model, fp32, fmt, pre.img_size, dynamic_batch=fmt == "onnx")
         int8 = staged / out.name
-        if runtime == "openvino":
+        if runtime == "executorch":
+            program, n_quant = lower_to_executorch(
+                deploy_form(model), torch.from_numpy(calib[0][0]), [torch.from_numpy(x) for x, _ in calib])
+            int8.write_bytes(program)
+            counts, n_fp32, used = {}, 0, "pt2e"
+            reference = ModelRunner(fp32)  # the fp32 twin, in the same runtime
+        elif runtime == "openvino":
             import openvino as ov
 
             quantized = nncf_quantize(ov.Core().read_model(str(fp32)), [x for x, _ in calib])

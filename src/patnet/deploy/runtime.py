@@ -23,6 +23,7 @@ __all__ = ["Preprocess", "ModelRunner", "open_model_file", "ort_session", "openv
 
 METADATA_KEY = "patnet.preprocess"  # ONNX metadata_props key; in an IR, rt_info ["patnet", "preprocess"]
 IR_SUFFIX = ".xml"
+PTE_SUFFIX = ".pte"  # ExecuTorch programs (patnet.deploy.executorch writes them)
 
 
 def require(module: str, extra: str = "deploy") -> None:
@@ -123,13 +124,21 @@ class ModelRunner:
     """A deployed classifier file ready to run: ``runner(images) -> logits`` on float32 NCHW numpy batches.
 
     ``batch`` is the file's fixed batch size, or None when its batch axis is symbolic. ``runtime`` defaults to the
-    file's own ('openvino' for an IR, 'onnxruntime' for ONNX); OpenVINO also runs ONNX files.
+    file's own ('openvino' for an IR, 'executorch' for a ``.pte``, 'onnxruntime' for ONNX); OpenVINO also runs ONNX
+    files. An ExecuTorch program has batch 1 and is run image by image on larger batches.
     """
 
     def __init__(self, path: Union[str, Path], threads: int = 0, runtime: Optional[str] = None) -> None:
         self.path = Path(path)
-        self.runtime = runtime or ("openvino" if self.path.suffix == IR_SUFFIX else "onnxruntime")
-        if self.runtime == "openvino":
+        default = {IR_SUFFIX: "openvino", PTE_SUFFIX: "executorch"}.get(self.path.suffix, "onnxruntime")
+        self.runtime = runtime or default
+        if self.runtime == "executorch":
+            require("executorch", "executorch")
+            from executorch.runtime import Runtime
+
+            self._method = Runtime.get().load_program(str(self.path)).load_method("forward")
+            self.batch = 1
+        elif self.runtime == "openvino":
             self._compiled = openvino_compiled(self.path, threads)
             dim = self._compiled.inputs[0].get_partial_shape()[0]
             self.batch: Optional[int] = None if dim.is_dynamic else dim.get_length()
@@ -140,6 +149,9 @@ class ModelRunner:
             self.batch = dim0 if isinstance(dim0, int) else None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        if self.runtime == "executorch":
+            return np.concatenate([self._method.execute([torch.from_numpy(np.ascontiguousarray(x[None]))])[0].numpy()
+                                   for x in images])
         if self.runtime == "openvino":
             return np.asarray(self._compiled(images)[0])
         return self._session.run(None, {self._input: images})[0]
