@@ -36,11 +36,16 @@ def trained_ckpt(tmp_path_factory, idx_data):
     return out / "last.pth"
 
 
+def _quantize_trained(out, runtime, ckpt, data):
+    """``patnet quantize`` of the trained toy model for ``runtime``: 16 calibration and 24 held-out images."""
+    return ["quantize", "patnet_t0", str(out), "--runtime", runtime, "--checkpoint", str(ckpt), "--calib", str(data),
+            "--calib-images", "16", "--eval-images", "24", "--img-size", "32", "32", "--crop-pct", "1.0",
+            "--max-drop", MAX_DROP]
+
+
 def test_quantize_end_to_end_and_validate_onnx(tmp_path, idx_data, trained_ckpt, capsys):
     out = tmp_path / "q.onnx"
-    assert main(["quantize", "patnet_t0", str(out), "--checkpoint", str(trained_ckpt), "--calib",
-                 str(idx_data), "--calib-images", "16", "--eval-images", "24", "--img-size", "32", "32",
-                 "--crop-pct", "1.0", "--max-drop", MAX_DROP]) == 0
+    assert main(_quantize_trained(out, "onnxruntime", trained_ckpt, idx_data)) == 0
     assert "top-1 agreement" in capsys.readouterr().out
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["calib_images"] == 16 and report["eval_images"] == 24 and report["runtime"] == "onnxruntime"
@@ -68,9 +73,7 @@ def test_quantize_openvino_ir_end_to_end_and_validate(tmp_path, idx_data, traine
     import openvino as ov
 
     out = tmp_path / "q.xml"
-    assert main(["quantize", "patnet_t0", str(out), "--runtime", "openvino", "--checkpoint", str(trained_ckpt),
-                 "--calib", str(idx_data), "--calib-images", "16", "--eval-images", "24", "--img-size", "32", "32",
-                 "--crop-pct", "1.0", "--max-drop", MAX_DROP]) == 0
+    assert main(_quantize_trained(out, "openvino", trained_ckpt, idx_data)) == 0
     assert "OpenVINO IR" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.bin", "q.json", "q.xml"]
     report = json.loads(out.with_suffix(".json").read_text())
@@ -90,9 +93,7 @@ def test_quantize_executorch_program_end_to_end(tmp_path, idx_data, trained_ckpt
     from patnet.weights import create_from_checkpoint
 
     out = tmp_path / "q.pte"
-    assert main(["quantize", "patnet_t0", str(out), "--runtime", "executorch", "--checkpoint", str(trained_ckpt),
-                 "--calib", str(idx_data), "--calib-images", "16", "--eval-images", "24", "--img-size", "32", "32",
-                 "--crop-pct", "1.0", "--max-drop", MAX_DROP]) == 0
+    assert main(_quantize_trained(out, "executorch", trained_ckpt, idx_data)) == 0
     assert "top-1 agreement" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.json", "q.pte"]
     report = json.loads(out.with_suffix(".json").read_text())
