@@ -35,6 +35,7 @@ def test_bench_times_every_asked_runtime_and_writes_its_four_files(tmp_path, cap
     assert "machine: " in (tmp_path / "bench.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_times_executorch_programs(tmp_path):
     """The ExecuTorch runtimes lower each model once (fp32 verified, int8 by PT2E) and time both in one run. A tiny
     timm test model keeps the lowering short; PATNet's own programs are tested in test_quantize.py."""

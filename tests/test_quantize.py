@@ -87,6 +87,7 @@ def test_quantize_openvino_ir_end_to_end_and_validate(tmp_path, idx_data, traine
     assert res["runtime"] == "openvino" and res["count"] == 24 and res["top1"] == pytest.approx(report["top1_int8"])
 
 
+@pytest.mark.slow
 def test_quantize_executorch_program_end_to_end(tmp_path, idx_data, trained_ckpt, capsys):
     """XNNPACK int8 through ExecuTorch's quantizer: a .pte and its report, verified against the fp32 program."""
     from patnet.deploy.runtime import ModelRunner, Preprocess, image_batches
