@@ -98,6 +98,10 @@ class Case:
             return [b for b, _ in image_batches(self.calib_data, "train", pre, 32, batch_size=1)]
         return self.form("calibration", make)
 
+    def deployed(self) -> nn.Module:
+        """``deploy_form`` of the model, shared by eager timing and the ExecuTorch int8 lowering."""
+        return self.form("deployed", lambda: deploy_form(self.model))
+
     def onnx(self) -> Path:
         """The inference form as fp32 ONNX, verified against PyTorch."""
         def make() -> Path:
@@ -129,7 +133,7 @@ class Case:
             path = self.scratch / f"{self.name}{'.int8' if int8 else ''}.pte"
             if int8:
                 calib = [torch.from_numpy(b) for b in self.calibration()]
-                path.write_bytes(lower_to_executorch(deploy_form(self.model), self.x, calib)[0])
+                path.write_bytes(lower_to_executorch(self.deployed(), self.x, calib)[0])
             else:
                 export_model(self.model, path, "executorch", (self.img_size, self.img_size))
             return path
@@ -184,7 +188,7 @@ _ORT = (("onnxruntime", "deploy"),)
 _OV = _ORT + (("openvino", "openvino"),)
 _ET = (("executorch", "executorch"),)
 RUNTIMES: Dict[str, Runtime] = {
-    "eager": Runtime("eager", lambda c: c.form("deployed", lambda: deploy_form(c.model)), _torch_call),
+    "eager": Runtime("eager", Case.deployed, _torch_call),
     "train-form": Runtime("train-form", lambda c: c.model, _torch_call, patnet_only=True),
     "compile": Runtime("compiled", Case.compiled, _torch_call),
     "onnxruntime": Runtime("ORT fp32", Case.onnx, _ort_call, _ORT),

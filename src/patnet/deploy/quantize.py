@@ -234,7 +234,7 @@ def quantize_model(
     outputs = [report_path, out.with_suffix(".bin"), out] if runtime == "openvino" else [report_path, out]
     with temporary_folder("patnet-quant-") as tmp, atomic_files(*outputs) as staged:
         fmt = "executorch" if runtime == "executorch" else "onnx"
-        fp32 = Path(tmp) / f"fp32{SUFFIX[runtime] if fmt == 'executorch' else '.onnx'}"
+        fp32 = Path(tmp) / ("fp32.pte" if fmt == "executorch" else "fp32.onnx")
         report32 = export_model(model, fp32, fmt, pre.img_size, dynamic_batch=fmt == "onnx")
         int8 = staged / out.name
         if runtime == "executorch":
