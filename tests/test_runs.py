@@ -281,6 +281,28 @@ def test_sixteen_bit_and_float_images_keep_their_range(tmp_path):
         open_rgb(tmp_path / "a.png", max_pixels=10)
 
 
+@pytest.mark.timeout(60)
+def test_non_regular_files_with_image_names_are_skipped_not_read(tmp_path, caplog):
+    """A FIFO named x.png once hung training forever (the read never ends); it is left out of the folder's samples,
+    a folder holding nothing else has no images, and open_rgb refuses it at once instead of blocking."""
+    from conftest import make_image_folder
+    from patnet.data import ImageFolderDataset, open_rgb, resolve_dataset
+
+    root = make_image_folder(tmp_path / "imgs", per_class=2)
+    os.mkfifo(root / "train" / "a" / "x.png")
+    info = resolve_dataset(str(root))
+    ds = ImageFolderDataset(root / "train", info.classes)
+    assert len(ds) == 4 and not any(path.endswith("x.png") for path, _ in ds.samples)
+    assert "1 entries of" in caplog.text and "not regular files" in caplog.text
+    with pytest.raises(OSError, match="not a regular file"):
+        open_rgb(root / "train" / "a" / "x.png")
+    for f in (root / "val" / "b").iterdir():
+        f.unlink()
+    os.mkfifo(root / "val" / "b" / "y.png")
+    with pytest.raises(ValueError, match="has no images"):
+        resolve_dataset(str(root))
+
+
 @pytest.mark.parametrize("content, message", [("a: [1, 2", "not valid YAML"), ("- 1\n- 2\n", "must map flag names")])
 def test_bad_yaml_config_is_one_line(tmp_path, capsys, content, message):
     (tmp_path / "c.yaml").write_text(content)

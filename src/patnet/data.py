@@ -15,6 +15,7 @@ import gzip
 import logging
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,9 @@ def open_rgb(path: Any, max_pixels: Optional[int] = None) -> Image.Image:
         OSError: The file is not a readable image.
     """
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if isinstance(path, (str, os.PathLike)) and not stat.S_ISREG(os.stat(path).st_mode):
+        # a FIFO, socket or device under an image's name would block the read forever or never end it
+        raise OSError(f"{path} is not a regular file")
     with Image.open(path) as im:
         if im.width * im.height > limit:
             raise ValueError(f"image {getattr(path, 'name', path)} is {im.width}x{im.height}, more than the "
@@ -182,6 +186,17 @@ class IdxDataset(Dataset):
         return (self.transform(img) if self.transform else img), int(self.labels[i])
 
 
+def image_files(folder: Path) -> List[Path]:
+    """The images under ``folder`` (by extension, recursively, sorted) that are regular files: a FIFO or device
+    named ``x.png`` would hang or never end a read, so it is left out, with a log line."""
+    named = [p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS]
+    files = sorted(p for p in named if p.is_file())
+    if len(files) < len(named):
+        _log.warning("skipping %d entries of %s with an image name that are not regular files",
+                     len(named) - len(files), folder)
+    return files
+
+
 class ImageFolderDataset(Dataset):
     """``root/<class>/<image>`` with a fixed class list; unreadable images give ``None`` (or raise if strict)."""
 
@@ -191,7 +206,7 @@ class ImageFolderDataset(Dataset):
         self.samples: List[Tuple[str, int]] = []
         for idx, cls in enumerate(self.classes):
             folder = root / cls
-            files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS) if folder.is_dir() else []
+            files = image_files(folder) if folder.is_dir() else []
             self.samples.extend((str(p), idx) for p in files)
         self.num_classes = len(self.classes)
 
@@ -316,7 +331,8 @@ def resolve_dataset(spec: str) -> DatasetInfo:
     for split in (train, val):
         for cls in classes:
             folder = split / cls
-            if not folder.is_dir() or not any(p.suffix.lower() in IMG_EXTENSIONS for p in folder.rglob("*")):
+            if not folder.is_dir() or not any(p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
+                                              for p in folder.rglob("*")):
                 raise ValueError(f"class folder {folder} is missing or has no images")
     extra = sorted(d.name for d in val.iterdir() if d.is_dir() and d.name not in classes)
     if extra:
