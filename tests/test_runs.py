@@ -212,6 +212,10 @@ def test_idx_label_problems_fail_before_training(tmp_path, capsys):
     write_idx(data / "train-labels-idx1-ubyte.gz", train_labels.astype(np.uint8))
     assert main(["train", "--data", str(data), "--output", str(tmp_path / "o"), "--img-size", "32"]) == 2
     assert "training labels must be 0..K-1" in capsys.readouterr().err
+    data = make_idx_dataset(tmp_path / "c", n_train=48, n_val=24)
+    write_idx(data / "train-labels-idx1-ubyte.gz", np.zeros((48, 2), dtype=np.uint8))  # once judged by its values
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "o"), "--img-size", "32"]) == 2
+    assert "holds a (48, 2) array; IDX labels are one number per image" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

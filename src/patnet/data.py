@@ -143,6 +143,14 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
+def read_idx_labels(path: Path) -> np.ndarray:
+    """An IDX label file, which must be one number per image (``read_idx`` checks the rest)."""
+    labels = read_idx(path)
+    if labels.ndim != 1:
+        raise ValueError(f"{path} holds a {labels.shape} array; IDX labels are one number per image")
+    return labels
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as IDX (gzip if the name ends in .gz); for generated test data."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
@@ -168,11 +176,9 @@ class IdxDataset(Dataset):
         if images_path is None or labels_path is None:
             raise FileNotFoundError(f"{root} lacks {images_stem}[.gz] / {labels_stem}[.gz] (MNIST-format IDX files)")
         self.images = read_idx(images_path)
-        self.labels = read_idx(labels_path).astype(np.int64)
+        self.labels = read_idx_labels(labels_path).astype(np.int64)
         if self.images.ndim != 3:
             raise ValueError(f"{images_path} holds a {self.images.shape} array; IDX images are N x H x W")
-        if self.labels.ndim != 1:
-            raise ValueError(f"{labels_path} holds a {self.labels.shape} array; IDX labels are one number per image")
         if len(self.images) != len(self.labels) or len(self.labels) == 0:
             raise ValueError(f"{images_path} and {labels_path} disagree: {self.images.shape} vs {self.labels.shape}")
         self.transform = transform
@@ -343,7 +349,7 @@ def resolve_dataset(spec: str) -> DatasetInfo:
 def _idx_info(root: Path, name: str) -> DatasetInfo:
     """Classes from the training labels, which must be 0..K-1; val labels must fall among them (checked here, so
     a bad label file fails before training instead of after an epoch)."""
-    labels = read_idx(_find_idx(root, IDX_FILES["train"][1]))
+    labels = read_idx_labels(_find_idx(root, IDX_FILES["train"][1]))
     if labels.size == 0:
         raise ValueError(f"{root}: the training label file is empty")
     present = np.unique(labels)
@@ -354,7 +360,7 @@ def _idx_info(root: Path, name: str) -> DatasetInfo:
                          f"{len(missing)} of the labels below it never occur (e.g. {missing[:5]})")
     val_file = _find_idx(root, IDX_FILES["val"][1])
     if val_file is not None:
-        val = read_idx(val_file)
+        val = read_idx_labels(val_file)
         if val.size and int(val.max()) >= n:
             raise ValueError(f"{root}: validation label {int(val.max())} is outside the {n} training classes 0..{n - 1}")
     classes = list(FASHION_MNIST_CLASSES) if name == "fashion-mnist" and n == 10 else [str(i) for i in range(n)]
