@@ -1,4 +1,5 @@
 """int8: quantize + validate --onnx end to end; bad calibration input."""
+import hashlib
 import json
 
 import numpy as np
@@ -50,6 +51,7 @@ def test_quantize_end_to_end_and_validate_onnx(tmp_path, idx_data, trained_ckpt,
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["calib_images"] == 16 and report["eval_images"] == 24 and report["runtime"] == "onnxruntime"
     assert report["quantized_nodes"]["quantized"] > 0 and report["quantized_nodes"]["QuantizeLinear"] > 0
+    assert report["sha256"] == {"q.onnx": hashlib.sha256(out.read_bytes()).hexdigest()}  # the file it describes
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert main(["validate", "--onnx", str(out), "--data", str(idx_data)]) == 0
@@ -79,6 +81,7 @@ def test_quantize_openvino_ir_end_to_end_and_validate(tmp_path, idx_data, traine
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["runtime"] == "openvino" and report["method"] == "nncf" and report["top1_int8"] is not None
     assert report["quantized_nodes"]["FakeQuantize"] > 10  # NNCF quantized the convolutions
+    assert report["sha256"] == {f: hashlib.sha256((tmp_path / f).read_bytes()).hexdigest() for f in ("q.bin", "q.xml")}
     types = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
     assert "FakeQuantize" in types
     assert main(["validate", "--onnx", str(out), "--data", str(idx_data)]) == 0

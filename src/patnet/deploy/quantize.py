@@ -21,6 +21,7 @@ twin in the same runtime, and top-1 agreement, and top-1 accuracy when labels ex
 The report goes next to the model as JSON (``OUT.json``), and model and report are written as a unit.
 ``patnet.deploy.evaluate_file`` scores either kind of file later.
 """
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -72,6 +73,9 @@ class QuantizeReport:
     fp32_export_rel_error: float
     quantized_nodes: Dict[str, int] = field(default_factory=dict)
     fp32_nodes: int = 0
+    # SHA-256 of each model file this report describes (the .bin too for OpenVINO), so a reader can check that a
+    # report and the model beside it are one run's
+    sha256: Dict[str, str] = field(default_factory=dict)
 
 
 def _quantizable_nodes(path: Path) -> Tuple[List[str], List[str]]:
@@ -279,6 +283,7 @@ def quantize_model(
             str(out), name, runtime, used, pre.img_size, len(calib), len(labels), round(agreement, 3),
             None if top1_32 is None else round(top1_32, 3), None if top1_8 is None else round(top1_8, 3),
             round(drop, 3), max_drop, report32.max_rel_error[1], {"quantized": n_quant, **counts}, n_fp32,
+            {t.name: hashlib.sha256((staged / t.name).read_bytes()).hexdigest() for t in outputs[1:]},
         )
         if drop > max_drop:
             raise QuantizeError(
