@@ -226,6 +226,30 @@ def test_malformed_detection_checkpoints_are_one_line(tmp_path, capsys, detector
     assert message in err and err.count("\n") == 1 and not (tmp_path / "o.png").exists()
 
 
+def test_an_input_size_over_the_bound_in_a_files_metadata_is_one_line(tmp_path, capsys):
+    """The preprocessing stored in an ONNX file is checked like a flag (it once surfaced as "not a readable model
+    file (ValueError)", which hid the reason)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from conftest import make_idx_dataset
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
+    prop = model.metadata_props.add()
+    prop.key = "patnet.preprocess"
+    prop.value = json.dumps({"img_size": [100000, 100000], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0,
+                             "interpolation": "bicubic", "num_classes": 3})
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    data = make_idx_dataset(tmp_path / "idx", n_train=6, n_val=6)
+    assert main(["validate", "--onnx", str(tmp_path / "m.onnx"), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "preprocessing metadata is unusable: input size 100000x100000 is more than" in err and err.count("\n") == 1
+
+
 def test_model_files_above_the_size_bound_are_not_read(tmp_path, capsys, monkeypatch):
     import patnet.deploy.runtime as runtime
 

@@ -243,6 +243,8 @@ def evaluate_file(path: Union[str, Path], data: str, batch_size: int = 64, max_i
     runner = open_model_file(path, threads)
     try:
         pre = read_preprocess(path)
+    except ValueError as e:  # the metadata parsed but fails its own checks (an input size over the pixel bound)
+        raise ValueError(f"{path}: its preprocessing metadata is unusable: {e}") from None
     except Exception as e:  # onnx raises DecodeError and friends for a file that is not a model
         raise ValueError(f"{path} is not a readable model file ({type(e).__name__})") from None
     if pre is None:
