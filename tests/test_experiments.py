@@ -183,3 +183,26 @@ def test_miou_is_exact_for_perfect_and_constant_predictions():
     const = torch.nn.Module()
     const.forward = lambda x: background[: len(x)]
     assert segment.miou(const, loader)[0] == pytest.approx(25.0)
+
+
+def test_attack_run_reports_what_holds_and_fails_on_a_broken_security_row(tmp_path, monkeypatch, capsys):
+    """The attack harness judges by what a row leaves behind: a real row (the lock-file symlink, run as a user
+    would) is ok, a row whose guarantee breaks is reported with its severity, and the exit status says so."""
+    attack = _load("attack")
+
+    def broken(lab):
+        raise attack.Broken("the victim was overwritten")
+
+    monkeypatch.setattr(attack, "ATTACKS", [a for a in attack.ATTACKS if a.name == "lock-symlink"]
+                        + [attack.Attack("planted", "security", "a row whose guarantee breaks", broken)])
+    monkeypatch.setattr(sys, "argv", ["attack.py", "--output", str(tmp_path / "out")])
+    assert attack.main() == 1
+    report = json.loads((tmp_path / "out" / "attack.json").read_text())
+    verdicts = {r["name"]: r["verdict"] for r in report["rows"]}
+    assert verdicts == {"lock-symlink": "ok", "planted": "security"}
+    assert report["totals"]["security"] == 1 and "symbolic link" in report["rows"][0]["seen"]
+    table = (tmp_path / "out" / "attack.md").read_text()
+    assert "| planted | security | a row whose guarantee breaks | **security** | the victim was overwritten |" in table
+    monkeypatch.setattr(sys, "argv", ["attack.py", "--output", str(tmp_path / "o2"), "--only", "nope"])
+    with pytest.raises(SystemExit, match="unknown rows"):
+        attack.main()
