@@ -45,7 +45,7 @@ from patnet.weights import require_models
 from .machine import environment, machine_line
 
 __all__ = ["RUNTIMES", "Runtime", "Case", "BenchRow", "run_benchmark", "generated_calibration", "matmul_peak_gflops",
-           "format_table", "write_results", "BenchOptions", "run_script", "split_list", "save_figure", "main"]
+           "time_interleaved", "percentile", "format_table", "write_results", "BenchOptions", "run_script", "split_list", "save_figure", "main"]
 
 _log = logging.getLogger(__name__)
 
@@ -217,7 +217,8 @@ class BenchRow:
     gpu_best_batch: Optional[int] = None
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank)."""
     v = sorted(values)
     return v[min(len(v) - 1, max(0, int(round(q * (len(v) - 1)))))]
 
@@ -240,8 +241,10 @@ def matmul_peak_gflops(threads: int = 1, n: int = 1024, iters: int = 20) -> floa
     return 2 * n ** 3 / best / 1e9
 
 
-def _time_interleaved(fns: Dict[Any, Callable[[], Any]], warmup: int, iters: int,
-                      progress: Optional[Any] = None) -> Dict[Any, List[float]]:
+def time_interleaved(fns: Dict[Any, Callable[[], Any]], warmup: int, iters: int,
+                     progress: Optional[Any] = None) -> Dict[Any, List[float]]:
+    """Seconds per call of each of ``fns``, called in turn for ``iters`` rounds after ``warmup`` calls each, so that
+    the machine's drift falls on all of them alike."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -359,13 +362,13 @@ def run_benchmark(
                                 rows[case.name].errors[r] = f"{type(e).__name__}: {str(e)[:200]}"
                 with torch.inference_mode():
                     bar = tqdm(total=iters, desc=f"CPU {t} thread(s)", disable=not show_progress)
-                    times = _time_interleaved(fns, warmup, iters, bar)
+                    times = time_interleaved(fns, warmup, iters, bar)
                     bar.close()
                 for (name, r), v in times.items():
                     ms = [s * 1e3 for s in v]
                     rows[name].latency_ms.setdefault(r, {})[key] = {
-                        "median": round(statistics.median(ms), 3), "p10": round(_percentile(ms, 0.1), 3),
-                        "p90": round(_percentile(ms, 0.9), 3)}
+                        "median": round(statistics.median(ms), 3), "p10": round(percentile(ms, 0.1), 3),
+                        "p90": round(percentile(ms, 0.9), 3)}
             if gpu:
                 torch.backends.cudnn.benchmark = True
                 for case in tqdm(cases, desc="GPU", disable=not show_progress):

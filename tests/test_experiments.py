@@ -206,3 +206,32 @@ def test_attack_run_reports_what_holds_and_fails_on_a_broken_security_row(tmp_pa
     monkeypatch.setattr(sys, "argv", ["attack.py", "--output", str(tmp_path / "o2"), "--only", "nope"])
     with pytest.raises(SystemExit, match="unknown rows"):
         attack.main()
+
+
+def test_litert_run_says_how_to_install_litert_and_writes_nothing_without_it(tmp_path, monkeypatch):
+    litert = _load("litert")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("litert_torch", "ai_edge_litert") else real(name, *a))
+    with pytest.raises(SystemExit) as e:
+        litert.main(["--output", str(tmp_path / "out"), "--iters", "1"])
+    assert str(e.value).startswith("litert.py: error: litert_torch, ai_edge_litert")
+    assert "not installed: pip install litert-torch" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_litert_report_puts_each_ratio_of_one_run_beside_its_figures():
+    litert = _load("litert")
+    lat = lambda m: {"median": m, "p10": m * 0.9, "p90": m * 1.1}  # noqa: E731
+    results = {"environment": {"date": "D", "cpu": "CPU", "cpu_features": ["avx2"], "logical_cpus": 2,
+                               "torch": "t", "timm": "m", "python": "p"},
+               "versions": {"litert-torch": "0.10.0"}, "threads": 1, "iters": 5,
+               "speed": {"a": {"fp32": lat(3.0), "int8": lat(1.0), "fp32_rel_error_vs_pytorch": 1e-6},
+                         "b": {"fp32": lat(6.0), "int8": lat(4.0), "fp32_rel_error_vs_pytorch": 2e-6}},
+               "accuracy": {"model": "a", "checkpoint": "c.pth", "data": "fashion-mnist", "img_size": 64,
+                            "calib_images": 8, "eval_images": 100, "pytorch_top1": 90.0, "litert_fp32_top1": 90.0,
+                            "litert_fp32_agreement": 100.0, "litert_int8_top1": 89.0, "litert_int8_agreement": 98.0}}
+    text = litert.report(results, "python experiments/litert.py")
+    assert "| LiteRT fp32 | 3.00 (2.70-3.30) | 6.00 (5.40-6.60) | **0.50** |" in text
+    assert "| LiteRT int8 | 1.00 (0.90-1.10) | 4.00 (3.60-4.40) | **0.25** |" in text
+    assert "| LiteRT int8 | 89.00 | 98.00 |" in text and "litert-torch 0.10.0" in text
