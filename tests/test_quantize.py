@@ -47,7 +47,7 @@ def _quantize_trained(out, runtime, ckpt, data):
 def test_quantize_end_to_end_and_validate_onnx(tmp_path, idx_data, trained_ckpt, capsys):
     out = tmp_path / "q.onnx"
     assert main(_quantize_trained(out, "onnxruntime", trained_ckpt, idx_data)) == 0
-    assert "top-1 agreement" in capsys.readouterr().out
+    assert "(int8 QDQ ONNX, 32x32" in capsys.readouterr().out
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["calib_images"] == 16 and report["eval_images"] == 24 and report["runtime"] == "onnxruntime"
     assert report["quantized_nodes"]["quantized"] > 0 and report["quantized_nodes"]["QuantizeLinear"] > 0
@@ -98,7 +98,8 @@ def test_quantize_executorch_program_end_to_end(tmp_path, idx_data, trained_ckpt
 
     out = tmp_path / "q.pte"
     assert main(_quantize_trained(out, "executorch", trained_ckpt, idx_data)) == 0
-    assert "top-1 agreement" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "(int8 ExecuTorch program (XNNPACK), 32x32" in printed and "top-1 agreement" in printed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.json", "q.pte"]
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["runtime"] == "executorch" and report["method"] == "pt2e" and report["eval_images"] == 24

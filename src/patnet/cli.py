@@ -83,7 +83,8 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
                        eval_images=args.eval_images, max_drop=args.max_drop, seed=args.seed, runtime=args.runtime)
     acc = (f"top-1 fp32 {r.top1_fp32:.2f}% -> int8 {r.top1_int8:.2f}% (drop {r.drop:.2f} points), "
            if r.top1_fp32 is not None else "")
-    kind = "int8 OpenVINO IR (NNCF)" if r.runtime == "openvino" else "int8 QDQ ONNX"
+    kind = {"openvino": "int8 OpenVINO IR (NNCF)", "executorch": "int8 ExecuTorch program (XNNPACK)"}.get(
+        r.runtime, "int8 QDQ ONNX")
     _print(f"wrote {r.path} ({kind}, {r.img_size[0]}x{r.img_size[1]}, {r.method} calibration on {r.calib_images} "
            f"images); on {r.eval_images} held-out images: {acc}top-1 agreement with fp32 {r.top1_agreement:.2f}%; "
            f"report {Path(r.path).with_suffix('.json')}")
