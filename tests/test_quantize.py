@@ -90,34 +90,71 @@ def test_quantize_openvino_ir_end_to_end_and_validate(tmp_path, idx_data, traine
     assert res["runtime"] == "openvino" and res["count"] == 24 and res["top1"] == pytest.approx(report["top1_int8"])
 
 
-@pytest.mark.slow
-def test_quantize_executorch_program_end_to_end(tmp_path, idx_data, trained_ckpt, capsys):
-    """XNNPACK int8 through ExecuTorch's quantizer: a .pte and its report, verified against the fp32 program."""
-    from patnet.deploy.runtime import ModelRunner, Preprocess, image_batches
-    from patnet.weights import create_from_checkpoint
+@pytest.fixture(scope="module")
+def tiny_trained(idx_data):
+    """A one-block-per-stage PATNet (every block kind: PAT_ch, merges, PAT_sf) that has learnt the toy task.
 
+    ExecuTorch's lowering time grows with the graph: patnet_t0 took 77 s of this file, this model about a third.
+    """
+    from patnet.deploy.runtime import Preprocess, image_batches
+
+    torch.manual_seed(0)
+    model = patnet.PATNet(embed_dim=16, depths=(1, 1, 1, 1), num_classes=3, feature_dim=64)
+    pre = Preprocess.for_model(model, "tiny", (32, 32), 1.0)
+    batches = list(image_batches(str(idx_data), "train", pre, 48, batch_size=16, seed=0))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(15):
+        for x, y in batches:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y).long()).backward()
+            opt.step()
+    return model.eval(), pre
+
+
+@pytest.mark.slow
+def test_quantize_executorch_program_end_to_end(tmp_path, idx_data, tiny_trained):
+    """XNNPACK int8 through ExecuTorch's quantizer: a .pte and its report, verified against the fp32 program."""
+    from patnet.deploy.runtime import ModelRunner, image_batches
+
+    model, pre = tiny_trained
     out = tmp_path / "q.pte"
-    assert main(_quantize_trained(out, "executorch", trained_ckpt, idx_data)) == 0
-    printed = capsys.readouterr().out
-    assert "(int8 ExecuTorch program (XNNPACK), 32x32" in printed and "top-1 agreement" in printed
+    report = quantize_model(model, out, str(idx_data), name="tiny", img_size=(32, 32), crop_pct=1.0,
+                            calib_images=16, eval_images=24, max_drop=float(MAX_DROP), show_progress=False,
+                            runtime="executorch")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.json", "q.pte"]
-    report = json.loads(out.with_suffix(".json").read_text())
-    assert report["runtime"] == "executorch" and report["method"] == "pt2e" and report["eval_images"] == 24
-    assert report["quantized_nodes"]["quantized"] > 10  # the quantizer reached the convolutions
-    assert report["fp32_export_rel_error"] <= 1e-4  # the fp32 program was verified against PyTorch
+    assert json.loads(out.with_suffix(".json").read_text())["sha256"] == {
+        "q.pte": hashlib.sha256(out.read_bytes()).hexdigest()}
+    assert report.runtime == "executorch" and report.method == "pt2e" and report.eval_images == 24
+    assert report.top1_fp32 >= 90  # the model learnt the task, so agreement and drop mean something
+    assert report.quantized_nodes["quantized"] > 10  # the quantizer reached the convolutions
+    assert report.fp32_export_rel_error <= 1e-4  # the fp32 program was verified against PyTorch
     # The written program, run again here, scores what the report says, and is not the fp32 model.
-    model = create_from_checkpoint("patnet_t0", trained_ckpt).eval()
-    pre = Preprocess.for_model(model, "patnet_t0", (32, 32), 1.0)
     batches = list(image_batches(str(idx_data), "val", pre, 24, batch_size=8, seed=None))
     program = ModelRunner(out)
     assert program.runtime == "executorch" and program.batch == 1
     logits = np.concatenate([program(x) for x, _ in batches])
     labels = np.concatenate([y for _, y in batches])
-    assert 100 * float((logits.argmax(1) == labels).mean()) == pytest.approx(report["top1_int8"])
+    assert 100 * float((logits.argmax(1) == labels).mean()) == pytest.approx(report.top1_int8)
     with torch.no_grad():
         ref = torch.cat([model(torch.from_numpy(x)) for x, _ in batches]).numpy()
     err = float(np.abs(logits - ref).max() / np.abs(ref).max())
     assert 1e-5 < err < 0.5, err  # int8 rounding shows, but the logits are the model's
+
+
+def test_quantize_command_names_what_it_wrote_for_each_runtime(tmp_path, monkeypatch, capsys):
+    """The summary line names the file's kind (an ExecuTorch program was once announced as QDQ ONNX)."""
+    from patnet import cli
+    from patnet.deploy import QuantizeReport
+
+    kinds = {"onnxruntime": ("q.onnx", "int8 QDQ ONNX"), "openvino": ("q.xml", "int8 OpenVINO IR (NNCF)"),
+             "executorch": ("q.pte", "int8 ExecuTorch program (XNNPACK)")}
+    for runtime, (name, kind) in kinds.items():
+        out = tmp_path / name
+        monkeypatch.setattr(cli, "quantize_model", lambda *a, runtime=runtime, out=out, **k: QuantizeReport(
+            str(out), "patnet_t0", runtime, "m", (32, 32), 8, 24, 100.0, 90.0, 90.0, 0.0, 1.0, 0.0, {}, 0, {}))
+        assert main(["quantize", "patnet_t0", str(out), "--runtime", runtime, "--calib", "x"]) == 0
+        assert f"wrote {out} ({kind}, 32x32, m calibration on 8 images)" in capsys.readouterr().out
 
 
 def test_executorch_export_refuses_a_dynamic_batch(tmp_path, capsys):
