@@ -463,3 +463,30 @@ def test_two_exports_to_one_file_at_once_leave_one_complete_model(tmp_path):
     names = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert names  # it loads and has a graph
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_an_interrupted_detection_dataset_holds_only_whole_images(tmp_path, monkeypatch):
+    """`detect make-fmnist` stopped mid-way (here: interrupted inside an image's write, after three whole ones)
+    leaves every file under its final name decodable and no temporary behind; it once left a truncated PNG."""
+    from PIL import Image
+
+    from patnet.detection.sources import make_fashion_mnist_detection
+
+    idx = make_idx_dataset(tmp_path / "idx", n_train=16, n_val=8)
+    real, calls = Image.Image.save, []
+
+    def save(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 4:
+            Path(fp).write_bytes(b"\x89PNG\r\n\x1a\n")  # the start of a PNG, as a kill mid-write leaves it
+            raise KeyboardInterrupt
+        return real(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        make_fashion_mnist_detection(tmp_path / "coco", source=str(idx), n_train=8, n_val=4, canvas=64, seed=1)
+    files = sorted(p for p in (tmp_path / "coco").rglob("*") if p.is_file())
+    assert len(files) == 3, files  # the three images written before the interruption, nothing else
+    for p in files:
+        with Image.open(p) as im:
+            im.verify()
