@@ -258,3 +258,38 @@ def test_model_files_above_the_size_bound_are_not_read(tmp_path, capsys, monkeyp
     assert main(["validate", "--onnx", str(tmp_path / "m.onnx"), "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "is 4,096 bytes, more than the 1,000 a model file may be" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("m.onnx", b"\x08\x07garbage" * 64, "is not a readable ONNX model"),
+    ("m.xml", b"<net><layers><garbage", "is not a readable OpenVINO IR model"),
+])
+def test_files_that_are_not_models_are_one_line(tmp_path, capsys, name, content, message):
+    """ONNX Runtime's and OpenVINO's own load errors once reached the user as tracebacks."""
+    (tmp_path / name).write_bytes(content)
+    (tmp_path / name).with_suffix(".bin").write_bytes(b"\0" * 16)
+    assert main(["validate", "--onnx", str(tmp_path / name), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("ann, message", [
+    ({"images": "all", "annotations": [], "categories": {"id": 1}}, "needs 'images' and 'categories' lists"),
+    ({"images": [{"id": 1, "file_name": 7, "width": "wide", "height": 64}],
+      "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": "1,1,5,5"}],
+      "categories": [{"id": 1, "name": "a"}]}, "every image needs an 'id' (number or string) and a 'file_name' string"),
+])
+def test_coco_fields_of_the_wrong_type_are_one_line(tmp_path, capsys, ann, message):
+    import json
+
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "img" / "a.png")
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    argv = ["detect", "train", "--ann", str(tmp_path / "ann.json"), "--images", str(tmp_path / "img"), "--output",
+            str(tmp_path / "run"), "--epochs", "1", "--img-size", "64", "--max-size", "64", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "run" / "last.pth").exists()
