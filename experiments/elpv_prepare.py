@@ -17,6 +17,7 @@ import argparse
 import csv
 import shutil
 import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Tuple
 

@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import numpy as np
 import timm
-import torch
 
 import patnet  # noqa: F401  (registers the models)
 from benchmarks.bench import generated_calibration

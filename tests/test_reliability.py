@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 
 import patnet.io as pio
@@ -392,7 +391,7 @@ def test_a_lost_rank_ends_the_run_in_bounded_time_and_the_run_resumes(idx_data, 
     assert ranks[0].returncode == 2
     lines = [line for line in err.splitlines() if line.startswith("patnet: error:")]
     assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    assert f"rank 0 of 2 lost the other ranks" in lines[0] and f"resume from {out / 'last.pth'} on 2 processes" in lines[0]
+    assert "rank 0 of 2 lost the other ranks" in lines[0] and f"resume from {out / 'last.pth'} on 2 processes" in lines[0]
     # The last checkpoint stays valid: one process is refused in one line, two continue it to the end.
     assert json.loads(log.read_text().splitlines()[-1])["epoch"] < 4
     one = subprocess.run([sys.executable, "-m", "patnet.cli", "train", "--resume", str(out / "last.pth")],

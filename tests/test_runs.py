@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import patnet
-import patnet.train as T
 from patnet.cli import main
 from patnet.runs import NonFiniteError, RunFolder, RunFolderError, json_safe
 from patnet.train import TrainConfig, train
