@@ -78,6 +78,12 @@ class QuantizeReport:
     sha256: Dict[str, str] = field(default_factory=dict)
 
 
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (a model may be up to 2 GiB)."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _quantizable_nodes(path: Path) -> Tuple[List[str], List[str]]:
     """(nodes to quantize, nodes to keep fp32) among Conv / Gemm / MatMul, by the rule in the module docstring."""
     import onnx
@@ -283,7 +289,7 @@ def quantize_model(
             str(out), name, runtime, used, pre.img_size, len(calib), len(labels), round(agreement, 3),
             None if top1_32 is None else round(top1_32, 3), None if top1_8 is None else round(top1_8, 3),
             round(drop, 3), max_drop, report32.max_rel_error[1], {"quantized": n_quant, **counts}, n_fp32,
-            {t.name: hashlib.sha256((staged / t.name).read_bytes()).hexdigest() for t in outputs[1:]},
+            {t.name: _sha256(staged / t.name) for t in outputs[1:]},
         )
         if drop > max_drop:
             raise QuantizeError(
