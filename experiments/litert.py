@@ -24,7 +24,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
 
@@ -71,7 +71,8 @@ def to_int8(fp32: Path, calib: Sequence[np.ndarray], path: Path) -> None:
     q.quantize(calibration, serialize_to_path=str(path), enable_progress_report=False)
 
 
-def _signature(path: Path) -> tuple:
+def _signature(path: Path) -> Tuple[str, str]:
+    """The flatbuffer's (signature key, input name): the names ai-edge-quantizer's calibration data is keyed by."""
     from ai_edge_litert.interpreter import Interpreter
 
     sig = Interpreter(model_path=str(path)).get_signature_list()
