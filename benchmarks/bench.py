@@ -45,7 +45,8 @@ from patnet.weights import require_models
 from .machine import environment, machine_line
 
 __all__ = ["RUNTIMES", "Runtime", "Case", "BenchRow", "run_benchmark", "generated_calibration", "matmul_peak_gflops",
-           "time_interleaved", "percentile", "format_table", "write_results", "BenchOptions", "run_script", "split_list", "save_figure", "main"]
+           "time_interleaved", "latency_summary", "format_table", "write_results", "BenchOptions", "run_script",
+           "split_list", "save_figure", "main"]
 
 _log = logging.getLogger(__name__)
 
@@ -217,10 +218,16 @@ class BenchRow:
     gpu_best_batch: Optional[int] = None
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile of ``values`` (nearest rank)."""
+def _percentile(values: Sequence[float], q: float) -> float:
     v = sorted(values)
     return v[min(len(v) - 1, max(0, int(round(q * (len(v) - 1)))))]
+
+
+def latency_summary(seconds: Sequence[float]) -> Dict[str, float]:
+    """``{median, p10, p90}`` in ms (3 decimals) of per-call times in seconds, as every latency row keeps them."""
+    ms = [s * 1e3 for s in seconds]
+    return {"median": round(statistics.median(ms), 3), "p10": round(_percentile(ms, 0.1), 3),
+            "p90": round(_percentile(ms, 0.9), 3)}
 
 
 def matmul_peak_gflops(threads: int = 1, n: int = 1024, iters: int = 20) -> float:
@@ -365,10 +372,7 @@ def run_benchmark(
                     times = time_interleaved(fns, warmup, iters, bar)
                     bar.close()
                 for (name, r), v in times.items():
-                    ms = [s * 1e3 for s in v]
-                    rows[name].latency_ms.setdefault(r, {})[key] = {
-                        "median": round(statistics.median(ms), 3), "p10": round(percentile(ms, 0.1), 3),
-                        "p90": round(percentile(ms, 0.9), 3)}
+                    rows[name].latency_ms.setdefault(r, {})[key] = latency_summary(v)
             if gpu:
                 torch.backends.cudnn.benchmark = True
                 for case in tqdm(cases, desc="GPU", disable=not show_progress):

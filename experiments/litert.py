@@ -21,7 +21,6 @@ environment, and pulls jax and transformers. It therefore runs in an environment
 """
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -33,7 +32,7 @@ import timm
 import torch
 
 import patnet  # noqa: F401  (registers the models)
-from benchmarks.bench import generated_calibration, percentile, time_interleaved
+from benchmarks.bench import generated_calibration, latency_summary, time_interleaved
 from benchmarks.machine import environment
 from patnet.deploy import deploy_form
 from patnet.deploy.runtime import Preprocess, image_batches, top1_of
@@ -114,12 +113,14 @@ class LiteRTModel:
 
 
 def rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b| as a fraction of the largest |b|: the measure every patnet export is verified by."""
     return float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-12))
 
 
 def speed(models: Sequence[str], threads: int, iters: int, warmup: int, work: Path) -> Dict[str, Any]:
     """Median / p10 / p90 ms per (model, precision), interleaved, plus the fp32 file's error against PyTorch."""
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    xi = x.numpy()
     calib = generated_calibration(224)
     fns, rel = {}, {}
     for name in models:
@@ -127,18 +128,14 @@ def speed(models: Sequence[str], threads: int, iters: int, warmup: int, work: Pa
         fp32, int8 = work / f"{name}.tflite", work / f"{name}.int8.tflite"
         to_litert(model, x, fp32)
         to_int8(fp32, calib, int8)
+        runners = {"fp32": LiteRTModel(fp32, threads), "int8": LiteRTModel(int8, threads)}
         with torch.no_grad():
-            rel[name] = rel_error(LiteRTModel(fp32)(x.numpy()), model(x).numpy())
-        for precision, path in (("fp32", fp32), ("int8", int8)):
-            m, xi = LiteRTModel(path, threads), x.numpy()
-            fns[(name, precision)] = lambda m=m, xi=xi: m.one(xi)
-    times = time_interleaved(fns, warmup, iters)
+            rel[name] = rel_error(runners["fp32"].one(xi), model(x).numpy())
+        for precision, m in runners.items():
+            fns[(name, precision)] = lambda m=m: m.one(xi)
     out: Dict[str, Any] = {}
-    for (name, precision), t in times.items():
-        ms = [s * 1e3 for s in t]
-        out.setdefault(name, {"fp32_rel_error_vs_pytorch": rel[name]})[precision] = {
-            "median": round(statistics.median(ms), 3), "p10": round(percentile(ms, 0.1), 3),
-            "p90": round(percentile(ms, 0.9), 3)}
+    for (name, precision), t in time_interleaved(fns, warmup, iters).items():
+        out.setdefault(name, {"fp32_rel_error_vs_pytorch": rel[name]})[precision] = latency_summary(t)
     return out
 
 
