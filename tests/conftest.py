@@ -1,6 +1,7 @@
 """Shared helpers and fixtures: the parity vectors (copied from ../shared/parity, made by running the authors' code),
 small datasets, a small training configuration, export tolerances."""
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,16 @@ PARITY_FILES = sorted(p.name for p in DATA.glob("*.pt"))
 
 def load_parity(name: str) -> dict:
     return torch.load(DATA / name, weights_only=True)
+
+
+def pytest_configure(config):
+    # Under pytest-xdist (-n N) the workers share the cores: each gets its share of threads, and so do the
+    # processes its tests start, instead of every worker running one thread per core and oversubscribing them.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        os.environ.setdefault("OMP_NUM_THREADS", share)
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
-"""The README: its Quick start runs exactly as printed, the authors'-checkpoint block runs with such a file, it
-stays a front door (<= 250 lines), and every relative link in it points at a file that exists."""
+"""The README: its Quick start runs exactly as printed, the authors'-checkpoint block runs with such a file, CI runs
+its test command verbatim, it stays a front door (<= 250 lines), and every relative link in it points at a file that
+exists."""
 import re
 from pathlib import Path
 
@@ -46,3 +47,10 @@ def test_readme_is_a_front_door_with_working_links():
     for target in re.findall(r"\]\(([^)#]+)\)", text):
         if not target.startswith("http"):
             assert (ROOT / target).exists(), target
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    """CI must run what a newcomer is told to run, so a missing install step shows up in CI first."""
+    tests_block = next(b for b in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S) if "pytest" in b)
+    ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert tests_block.strip() == ci_lines[-1]

@@ -392,14 +392,16 @@ def test_a_lost_rank_ends_the_run_in_bounded_time_and_the_run_resumes(idx_data, 
     lines = [line for line in err.splitlines() if line.startswith("patnet: error:")]
     assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
     assert "rank 0 of 2 lost the other ranks" in lines[0] and f"resume from {out / 'last.pth'} on 2 processes" in lines[0]
-    # The last checkpoint stays valid: one process is refused in one line, two continue it to the end.
+    # The last checkpoint stays valid: two processes continue it to the end, and (checked once, with the kill: the
+    # refusal reads the checkpoint only, whatever ended the run) one process is refused in one line.
     assert json.loads(log.read_text().splitlines()[-1])["epoch"] < 4
-    one = subprocess.run([sys.executable, "-m", "patnet.cli", "train", "--resume", str(out / "last.pth")],
-                         capture_output=True, text=True, timeout=300,
-                         env={k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")})
-    refusal = [line for line in one.stderr.splitlines() if line.startswith("patnet: error:")]
-    assert one.returncode == 2 and len(refusal) == 1 and "2 processes" in refusal[0], one.stderr
-    assert "Traceback" not in one.stderr
+    if fault == "kill":
+        one = subprocess.run([sys.executable, "-m", "patnet.cli", "train", "--resume", str(out / "last.pth")],
+                             capture_output=True, text=True, timeout=300,
+                             env={k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")})
+        refusal = [line for line in one.stderr.splitlines() if line.startswith("patnet: error:")]
+        assert one.returncode == 2 and len(refusal) == 1 and "2 processes" in refusal[0], one.stderr
+        assert "Traceback" not in one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                           env["MASTER_PORT"], "-m", "patnet.cli", "train", "--resume", str(out / "last.pth")],
                          capture_output=True, text=True, timeout=300,
