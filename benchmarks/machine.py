@@ -29,16 +29,25 @@ def cpu_features() -> List[str]:
 def environment() -> Dict[str, Any]:
     """CPU model and its speed flags, logical CPUs, GPU, date and the versions of every library a figure depends on."""
     cpu = platform.processor() or "unknown"
+    fields: Dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model", "stepping") and key not in fields:
+                fields[key] = value.strip()
+            if not line.strip():  # the first processor's block is enough
                 break
     except OSError:
         pass
+    cpu = fields.get("model name", cpu)
+    # A virtual machine often reports a generic name ("Intel(R) Xeon(R) Processor"): the family and model numbers
+    # still tell the generation (Intel family 6 model 143 is Sapphire Rapids, 207 Emerald Rapids).
+    cpu_id = " ".join(f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields)
     env: Dict[str, Any] = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
+        "cpu_id": cpu_id or None,
         "logical_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -64,4 +73,5 @@ def machine_line(env: Dict[str, Any]) -> str:
     libs = ", ".join(f"{k} {env[k]}" for k in ("torch", "timm", "onnxruntime", "openvino", "nncf", "executorch",
                                                          "python")
                      if env.get(k))
-    return f"machine: {env['cpu']} ({env['logical_cpus']} logical CPUs; {flags}); {libs}; {env['date']}"
+    cpu = f"{env['cpu']}, {env['cpu_id']}" if env.get("cpu_id") else env["cpu"]
+    return f"machine: {cpu} ({env['logical_cpus']} logical CPUs; {flags}); {libs}; {env['date']}"

@@ -1,12 +1,13 @@
 """The benchmarks (not installed; imported from the checkout): the runtime registry, the tables they write, the
 peers table and its frontier. Tiny settings: the published figures come from real runs, never from tests."""
 import json
+from pathlib import Path
 
 import pytest
 import timm
 
 from benchmarks import bench, peers
-from benchmarks.machine import SPEED_FLAGS, cpu_features, machine_line
+from benchmarks.machine import SPEED_FLAGS, cpu_features, environment, machine_line
 
 from conftest import disk_full_at
 
@@ -109,7 +110,13 @@ def test_machine_line_names_cpu_flags_versions_and_date():
            "timm": "1.0", "date": "2026-12-03 10:00 UTC"}
     assert machine_line(env) == ("machine: Some CPU (2 logical CPUs; avx512_vnni, amx_int8); torch 2.9, timm 1.0; "
                                  "2026-12-03 10:00 UTC")
+    # A generic name is told apart by its family, model and stepping numbers.
+    generic = {**env, "cpu": "Intel(R) Xeon(R) Processor", "cpu_id": "family 6 model 207 stepping 2"}
+    assert machine_line(generic).startswith("machine: Intel(R) Xeon(R) Processor, family 6 model 207 stepping 2 (2 ")
     assert set(cpu_features()) <= set(SPEED_FLAGS)
+    here = environment()
+    if Path("/proc/cpuinfo").is_file():  # Linux: the numbers are read off the first processor
+        assert here["cpu_id"] and here["cpu_id"].startswith("family ") and " model " in here["cpu_id"]
 
 
 def test_peer_table_is_complete_and_known_to_timm():
