@@ -23,8 +23,10 @@ def test_fused_official_model_reproduces_authors_logits(name):
         assert rel_err(fused(d["input"]), d["logits"]) < REL_TOL
 
 
-@pytest.mark.parametrize("name", list(patnet.VARIANTS))
-@pytest.mark.parametrize("size", [(64, 64), (96, 160)])
+# Every variant's inference form is exact; the non-square size on T0..S only (M and L add channels and blocks, no
+# new block kind: see test_models.py).
+@pytest.mark.parametrize(("name", "size"), [(name, size) for name in patnet.VARIANTS for size in ((64, 64), (96, 160))
+                                            if size == (64, 64) or name not in ("patnet_m", "patnet_l")])
 def test_fusion_equivalence_every_variant(name, size):
     model = randomise_bn(timm.create_model(name, num_classes=10)).eval()
     fused = reparameterize_model(model)
