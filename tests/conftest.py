@@ -27,6 +27,13 @@ def pytest_configure(config):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def pytest_collection_modifyitems(config, items):
+    # The slow tests first. With pytest-xdist handing out one test at a time (-n auto --maxschedchunk 1, the README's
+    # command) every worker then starts on a long test and the short ones fill the gaps (longest-first scheduling),
+    # instead of a worker running an 80 s test alone at the end: 309 s -> 266 s on 2 cores, paired runs.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
