@@ -16,31 +16,31 @@ __all__ = ["environment", "machine_line", "cpu_features", "SPEED_FLAGS"]
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")
 
 
-def cpu_features() -> List[str]:
-    """The int8/bf16-relevant ISA flags this CPU reports (empty where /proc/cpuinfo is not readable)."""
+def _first_processor() -> Dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "flags", ...; empty where it is not readable)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+        return {}
+    fields: Dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():  # the end of the first processor's block
+            break
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_features() -> List[str]:
+    """The int8/bf16-relevant ISA flags this CPU reports (empty where /proc/cpuinfo is not readable)."""
+    flags = _first_processor().get("flags", "").split()
     return [f for f in SPEED_FLAGS if f in flags]
 
 
 def environment() -> Dict[str, Any]:
     """CPU model and its speed flags, logical CPUs, GPU, date and the versions of every library a figure depends on."""
-    cpu = platform.processor() or "unknown"
-    fields: Dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("model name", "cpu family", "model", "stepping") and key not in fields:
-                fields[key] = value.strip()
-            if not line.strip():  # the first processor's block is enough
-                break
-    except OSError:
-        pass
-    cpu = fields.get("model name", cpu)
+    fields = _first_processor()
+    cpu = fields.get("model name") or platform.processor() or "unknown"
     # A virtual machine often reports a generic name ("Intel(R) Xeon(R) Processor"): the family and model numbers
     # still tell the generation (Intel family 6 model 143 is Sapphire Rapids, 207 Emerald Rapids).
     cpu_id = " ".join(f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields)

@@ -11,7 +11,7 @@ from patnet import PATNet
 from patnet.deploy import CompiledModel, ExportError, compiled_form, deploy_form, export_model
 from patnet.models.patnet import FusedPatAttnBlock, FusedPatBlock
 
-from conftest import PARITY_FILES, REL_TOL, load_parity, randomise_bn, rel_err
+from conftest import PARITY_FILES, REL_TOL, SWEEP, load_parity, randomise_bn, rel_err
 
 @pytest.mark.parametrize("name", PARITY_FILES)
 def test_fused_official_model_reproduces_authors_logits(name):
@@ -23,10 +23,9 @@ def test_fused_official_model_reproduces_authors_logits(name):
         assert rel_err(fused(d["input"]), d["logits"]) < REL_TOL
 
 
-# Every variant's inference form is exact; the non-square size on T0..S only (M and L add channels and blocks, no
-# new block kind: see test_models.py).
-@pytest.mark.parametrize(("name", "size"), [(name, size) for name in patnet.VARIANTS for size in ((64, 64), (96, 160))
-                                            if size == (64, 64) or name not in ("patnet_m", "patnet_l")])
+# Every variant's inference form is exact; the non-square size on the behaviour sweep (conftest.SWEEP) only.
+@pytest.mark.parametrize(("name", "size"), [(name, size) for name in patnet.VARIANTS
+                                            for size in ((64, 64), (96, 160)) if size == (64, 64) or name in SWEEP])
 def test_fusion_equivalence_every_variant(name, size):
     model = randomise_bn(timm.create_model(name, num_classes=10)).eval()
     fused = reparameterize_model(model)
