@@ -51,6 +51,36 @@ def test_readme_is_a_front_door_with_working_links():
 
 def test_ci_runs_the_readme_test_command_verbatim():
     """CI must run what a newcomer is told to run, so a missing install step shows up in CI first."""
-    tests_block = next(b for b in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S) if "pytest" in b)
+    from experiments.readme_figures import readme_test_command
+
     ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
-    assert tests_block.strip() == ci_lines[-1]
+    assert readme_test_command(README) == ci_lines[-1]
+
+
+def test_every_figure_block_is_rendered_from_the_results_set():
+    """The README's figures are not typed by hand: each marked block is what experiments/readme_figures.py renders
+    from docs/results/readme/, so an edited number, or a set regenerated without re-rendering, fails here."""
+    from experiments.readme_figures import readme_blocks, render_blocks
+
+    rendered, printed = render_blocks(), readme_blocks()
+    assert set(printed) == set(rendered) == {"parity", "main_job", "variants", "speed", "int8_accuracy", "tests"}
+    for name, block in rendered.items():
+        assert printed[name] == block, f"README block {name!r} differs from the results set: run render"
+
+
+def test_the_results_set_agrees_with_what_the_library_computes():
+    """The set's static facts are the library's: params/FLOPs of every variant and the parity error's bound."""
+    import json
+
+    import timm
+
+    import patnet  # noqa: F401
+    from patnet.flops import count_params
+
+    res = ROOT / "docs" / "results" / "readme"
+    variants = json.loads((res / "variants.json").read_text())["variants"]
+    assert set(variants) == set(timm.list_models("patnet_*"))
+    model = timm.create_model("patnet_t1")
+    assert round(count_params(model) / 1e6, 2) == variants["patnet_t1"]["params_m"]
+    parity = json.loads((res / "parity.json").read_text())
+    assert len(parity["files"]) == 8 and 0 <= parity["max_rel_error"] < 1e-5  # tests/test_parity.py's bar
