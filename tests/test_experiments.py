@@ -235,3 +235,24 @@ def test_litert_report_puts_each_ratio_of_one_run_beside_its_figures():
     assert "| LiteRT fp32 | 3.00 (2.70-3.30) | 6.00 (5.40-6.60) | **0.50** |" in text
     assert "| LiteRT int8 | 1.00 (0.90-1.10) | 4.00 (3.60-4.40) | **0.25** |" in text
     assert "| LiteRT int8 | 89.00 | 98.00 |" in text and "litert-torch 0.10.0" in text
+
+
+def test_readme_verdicts_follow_the_figures(tmp_path):
+    """The README's met/short words and its advice are computed from the set: halve PATNet's latencies in a copy of
+    the set and every target reads met, with no advice to pick FasterNet."""
+    import shutil
+
+    from experiments.readme_figures import RESULTS, render_blocks
+
+    shutil.copytree(RESULTS, tmp_path / "set")
+    for path in (tmp_path / "set").glob("bench*.json"):
+        bench = json.loads(path.read_text())
+        for row in bench["rows"]:
+            if row["model"].startswith("patnet"):
+                for times in row["latency_ms"].values():
+                    times["1t"] = {k: v / 2 for k, v in times["1t"].items()}
+        path.write_text(json.dumps(bench))
+    fast = render_blocks(tmp_path / "set")["speed"]
+    assert "**short**" not in fast and "FasterNet is the faster" not in fast and fast.count("met") >= 3
+    shown = render_blocks(RESULTS)["speed"]
+    assert shown != fast
