@@ -71,6 +71,14 @@ def test_inference_form_graph_is_weight_stationary_and_4d(tmp_path):
     # Reshapes only in stage 4 (attention: tokens and heads) and the head's flatten, none in stages 1-3.
     reshapes = [n.name for n in graph.node if n.op_type in ("Reshape", "Flatten") and "stages.3" not in n.name]
     assert len(reshapes) <= 1, reshapes
+    # Each softmax feeds its MatMul directly, as the first operand: the order OpenVINO's int8 path takes to AMX (a
+    # Transpose between them, the other order, kept that product in fp32).
+    producers = {o: n for n in graph.node for o in n.output}
+    softmax_users = [(n, list(n.input).index(s.output[0])) for s in graph.node if s.op_type == "Softmax"
+                     for n in graph.node if s.output[0] in n.input]
+    assert len(softmax_users) == depths[-1]
+    assert all(n.op_type == "MatMul" and slot == 0 for n, slot in softmax_users), softmax_users
+    assert all(producers[n.input[1]].op_type == "Transpose" for n, _ in softmax_users)  # v^T, folded by runtimes
     assert model.training  # export_model left the caller's model as it was
 
 

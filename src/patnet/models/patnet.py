@@ -643,9 +643,9 @@ class FusedPatAttnBlock(nn.Module):
     """Inference form of ``PatAttnBlock`` (made by ``PatAttnBlock.fuse()``): the same eval outputs, no norms.
 
     ``qkv`` and ``proj`` are 1x1 Convs, with the LayerNorm's affine and the attention scale folded into ``qkv``.
-    The two activation-by-activation products and the softmax are written out as plain MatMul / Softmax (an
-    int8 quantizer leaves them fp32; through ``F.scaled_dot_product_attention`` they would need two extra
-    transposes of q and v, which OpenVINO turns into layout reorders).
+    The two activation-by-activation products and the softmax are written out as plain MatMul / Softmax
+    (through ``F.scaled_dot_product_attention`` they would need two extra transposes of q and v, which OpenVINO
+    turns into layout reorders), in the operand order that lets OpenVINO's int8 path take both products to AMX.
     """
 
     def __init__(self, block: PatAttnBlock) -> None:
@@ -671,7 +671,9 @@ class FusedPatAttnBlock(nn.Module):
         qkv = self.qkv(t.transpose(1, 2).reshape(B, self.dim_untouched, H, W))
         q, k, v = qkv.reshape(B, 3, self.num_heads, self.head_dim, N).unbind(1)  # each (B, heads, head_dim, N)
         attn = (q.transpose(-2, -1) @ k + self.rel_pos(H, W).to(q.dtype)).softmax(dim=-1)  # (B, heads, N, N)
-        out = (v @ attn.transpose(-2, -1)).reshape(B, self.dim_untouched, H, W)
+        # attn @ v^T, not v @ attn^T: with the softmax output as the first operand OpenVINO runs this product in
+        # int8 on AMX (the other order stays fp32 behind a Transpose and two requantizations), same values.
+        out = (attn @ v.transpose(-2, -1)).transpose(-2, -1).reshape(B, self.dim_untouched, H, W)
         x = x + torch.cat([self.conv(x1), self.proj(out)], dim=1)
         return self.mlp(x, x)
 
