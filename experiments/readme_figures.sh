@@ -5,7 +5,7 @@
 # time and top-1 (the README's set-up command), the int8 accuracy of the main job's model through ONNX Runtime and
 # OpenVINO, and the test suite's count and wall time (the README's test command, run last).
 # Run it alone on the machine (no test suite, training or other benchmark on the cores), from a clean checkout:
-#   bash experiments/readme_figures.sh            (about 40 minutes on the project's 2-core Intel Xeon)
+#   bash experiments/readme_figures.sh            (15 minutes on the project's 2-core AMX Xeon, 2026-12-08)
 # Another CPU's set: OUT=outputs/readme_epyc RES=docs/results/readme_epyc bash experiments/readme_figures.sh
 # (the README is rendered only from docs/results/readme).
 set -euo pipefail
