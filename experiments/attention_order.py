@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
 
+import openvino as ov
 import timm
 import torch
 
@@ -74,8 +75,6 @@ def main() -> None:
             path = Path(tmp) / f"{len(fns)}.onnx"
             export_model(form, path, "onnx", (224, 224))  # a fused form exports as it is
             errors[tag] = float((form(x) - deploy_form(base)(x)).abs().max())
-            import openvino as ov
-
             request = openvino_compiled(nncf_quantize(ov.Core().read_model(str(path)), calib), 1).create_infer_request()
             fns[tag, "OpenVINO int8"] = lambda r=request: r.infer({0: calib[0]})
             fns[tag, "eager fp32"] = lambda f=form: f(x)
@@ -91,13 +90,13 @@ def main() -> None:
     med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     env = environment()
     lines = ["# PAT_sf's second attention product: operand order", "",
-             f"`python experiments/attention_order.py --iters {args.iters}`; PATNet-T2 in both orders and FasterNet-T2, "
-             "interleaved, 1 thread, batch 1, 224 px, median ms; ratio to FasterNet-T2 in brackets.", "",
+             f"`python experiments/attention_order.py --iters {args.iters}`; PATNet-T2 in both orders and "
+             "FasterNet-T2, interleaved, 1 thread, batch 1, 224 px, median ms; ratio to FasterNet-T2 in brackets.", "",
              "| form | OpenVINO int8 | eager fp32 |", "|---|---|---|"]
     for tag in ("attn @ v^T (now)", "v @ attn^T (before)", "fasternet_t2"):
-        lines.append(f"| {tag} | " + " | ".join(
-            f"{med[tag, rt]:.3f} ({med[tag, rt] / med['fasternet_t2', rt]:.3f})" for rt in ("OpenVINO int8", "eager fp32"))
-            + " |")
+        cells = (f"{med[tag, rt]:.3f} ({med[tag, rt] / med['fasternet_t2', rt]:.3f})"
+                 for rt in ("OpenVINO int8", "eager fp32"))
+        lines.append(f"| {tag} | " + " | ".join(cells) + " |")
     lines += ["", f"Largest difference of the logits of each order from the library's form: {errors}.", "",
               machine_line(env)]
     args.out.mkdir(parents=True, exist_ok=True)
